@@ -1,0 +1,23 @@
+"""comptlib: Chain-of-Models Pre-Training for vision and language families."""
+
+from comptlib.family import Family, Outputs, families, family_of, register_family
+from comptlib.grower import Grower, GrowthCheck, GrowthError, grow
+from comptlib.transferer import FeatureMSE, LogitKL, Transferer, WeightedSum
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FeatureMSE",
+    "Family",
+    "Grower",
+    "GrowthCheck",
+    "GrowthError",
+    "LogitKL",
+    "Outputs",
+    "Transferer",
+    "WeightedSum",
+    "families",
+    "family_of",
+    "grow",
+    "register_family",
+]

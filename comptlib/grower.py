@@ -1,0 +1,161 @@
+"""Parameter-space transfer: the `Grower` base class and growth checks.
+
+A grower writes a trained *source* model into a freshly built, larger *target*
+of the same family. ``method="exact"`` keeps the function (in eval mode);
+``method="compt"`` reproduces the CoM-PT warm start (leading-corner copy plus
+block duplication), with packed Q/K/V split first.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Literal
+
+import attrs
+import torch
+from torch import nn
+
+Method = Literal["exact", "compt"]
+METHODS: tuple[str, ...] = ("exact", "compt")
+
+
+class GrowthError(ValueError):
+    """A growth that cannot be done, naming the dimension and why."""
+
+
+@attrs.frozen
+class GrowthCheck:
+    """Measured output difference between a source and its grown target."""
+
+    max_abs: float
+    max_rel: float
+    method: str
+    exact: bool
+
+    def __str__(self) -> str:
+        kind = "exact" if self.exact else "approximate"
+        return f"{self.method} ({kind}): max |diff| {self.max_abs:.3g}, relative {self.max_rel:.3g}"
+
+
+def _primary_output(out: Any) -> torch.Tensor:
+    """The tensor a model's output is compared on: logits where there are any."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for key in ("logits", "logits_per_image", "last_hidden_state"):
+        value = getattr(out, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"cannot compare model outputs of type {type(out).__name__}")
+
+
+class Grower(abc.ABC):
+    """Abstract base for parameter-space transfer within one model family.
+
+    Subclasses implement :meth:`validate` (raise before any training when a
+    growth is impossible) and :meth:`grow`. ``noise`` adds Gaussian noise, in
+    units of each tensor's standard deviation, only where it keeps the chosen
+    method's promise: for ``"exact"`` on entries the function does not depend
+    on, for ``"compt"`` on every copied entry.
+    """
+
+    def __init__(self, method: Method = "exact", *, noise: float = 0.0, seed: int | None = None) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        self.method = method
+        self.noise = noise
+        self.seed = seed
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(method={self.method!r}, noise={self.noise}, seed={self.seed})"
+
+    @property
+    def exact(self) -> bool:
+        """Whether :meth:`grow` promises to keep the function."""
+        return self.method == "exact"
+
+    @abc.abstractmethod
+    def validate(self, source: nn.Module, target: nn.Module) -> None:
+        """Raise :class:`GrowthError` (or TypeError) if ``source`` cannot grow into ``target``."""
+
+    @abc.abstractmethod
+    def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
+        """Write ``source`` into ``target`` in place and return ``target``."""
+
+    def feature_map(self, source: nn.Module, target: nn.Module) -> torch.Tensor | None:
+        """A fixed matrix ``M`` with ``teacher_features == student_features @ M`` right after growth.
+
+        Transferers use it instead of a trainable projector. ``None`` when no
+        such map is known (e.g. after a ``"compt"`` warm start).
+        """
+        return None
+
+    def _generator(self) -> torch.Generator:
+        gen = torch.Generator()
+        gen.manual_seed(0 if self.seed is None else self.seed)
+        return gen
+
+    @torch.no_grad()
+    def check(self, source: nn.Module, target: nn.Module, inputs: Any) -> GrowthCheck:
+        """Measure max absolute and relative output difference on ``inputs`` in eval mode."""
+        modes = source.training, target.training
+        source.eval()
+        target.eval()
+        try:
+            args = inputs if isinstance(inputs, tuple) else (inputs,)
+            kwargs = inputs if isinstance(inputs, dict) else None
+            a = _primary_output(source(**kwargs) if kwargs is not None else source(*args)).float()
+            b = _primary_output(target(**kwargs) if kwargs is not None else target(*args)).float()
+        finally:
+            source.train(modes[0])
+            target.train(modes[1])
+        if a.shape != b.shape:
+            raise GrowthError(f"output shape {tuple(b.shape)} of the target differs from the source's {tuple(a.shape)}")
+        diff = (a - b).abs().max().item()
+        scale = a.abs().max().item()
+        return GrowthCheck(max_abs=diff, max_rel=diff / max(scale, 1e-12), method=self.method, exact=self.exact)
+
+
+def grow(source: nn.Module, target: nn.Module, method: Method = "exact", **kwargs: Any) -> nn.Module:
+    """Grow ``source`` into ``target`` with the grower registered for its type.
+
+    >>> import torch, comptlib
+    >>> from torchvision.models import VisionTransformer
+    >>> small = VisionTransformer(8, 2, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3)
+    >>> large = VisionTransformer(8, 2, num_layers=3, num_heads=3, hidden_dim=24, mlp_dim=40, num_classes=3)
+    >>> large = comptlib.grow(small, large)
+    >>> x = torch.randn(2, 3, 8, 8)
+    >>> torch.allclose(small.eval()(x), large.eval()(x), atol=1e-5)
+    True
+    """
+    from comptlib.family import family_of
+
+    grower = family_of(source).grower(method, **kwargs)
+    family_of(target)  # a target of an unknown type fails here with the registry's message
+    grower.validate(source, target)
+    return grower.grow(source, target)
+
+
+def require_growth(
+    source: dict[str, int],
+    target: dict[str, int],
+    *,
+    grow: tuple[str, ...],
+    equal: tuple[str, ...] = (),
+) -> None:
+    """Raise :class:`GrowthError` naming the first dim that shrinks (``grow``) or differs (``equal``).
+
+    Also raises when no ``grow`` dim gets larger: a chain must ascend.
+    """
+    for name in equal:
+        if source[name] != target[name]:
+            raise GrowthError(f"{name} must be equal along a chain, got {source[name]} -> {target[name]}")
+    for name in grow:
+        if target[name] < source[name]:
+            raise GrowthError(f"{name} shrinks: {source[name]} -> {target[name]}")
+    if all(target[name] == source[name] for name in grow):
+        sizes = ", ".join(f"{n}={source[n]}" for n in grow)
+        raise GrowthError(f"target is not larger than its source in any dimension ({sizes})")

@@ -1,0 +1,39 @@
+"""A target tensor being written, with a record of which entries were written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Canvas:
+    """The target's initial tensor, onto which a grower places source values.
+
+    Entries never written keep the target's random init: the function does
+    not depend on them after an exact growth, which breaks symmetry for free.
+    """
+
+    def __init__(self, init: torch.Tensor) -> None:
+        self.data = init.detach().clone()
+        self.written = torch.zeros_like(self.data, dtype=torch.bool)
+
+    def put(self, index: Any, value: torch.Tensor | float) -> None:
+        """Write ``value`` at ``index`` (any tensor index expression)."""
+        self.data[index] = value
+        self.written[index] = True
+
+    def finish(self, noise: float, where: str, gen: torch.Generator) -> torch.Tensor:
+        """Return the tensor, with Gaussian noise of ``noise`` x its std on ``where`` entries.
+
+        ``where`` is ``"free"`` (never written: keeps an exact growth exact) or
+        ``"written"`` (a warm start's copied values).
+        """
+        if noise == 0.0:
+            return self.data
+        mask = ~self.written if where == "free" else self.written
+        if not mask.any():
+            return self.data
+        scale = self.data.float().std().item() if self.data.numel() > 1 else 1.0
+        eps = torch.randn(self.data.shape, generator=gen, dtype=torch.float32) * (noise * (scale or 1.0))
+        return torch.where(mask, self.data + eps.to(self.data), self.data)

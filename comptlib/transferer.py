@@ -1,0 +1,178 @@
+"""Feature-space transfer: inverse distillation from a small teacher.
+
+A :class:`Transferer` turns the outputs of the frozen predecessor (teacher)
+and of the grown model (student) into a weighted loss. It owns the trainable
+projector when feature sizes differ, or uses the grower's fixed feature map
+after exact growth, and it has a weight schedule.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from comptlib.family import Outputs
+
+SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
+PROJECTORS: tuple[str, ...] = ("auto", "linear", "fixed")
+
+
+def freeze(teacher: nn.Module) -> nn.Module:
+    """Put ``teacher`` in eval mode with every parameter frozen; returns it."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _valid(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Flatten per-position outputs to rows, keeping only the positions ``mask`` marks valid."""
+    if mask is None or x.dim() < 3:
+        return x.reshape(-1, x.shape[-1])
+    return x[mask.bool()]
+
+
+class Transferer(nn.Module, abc.ABC):
+    """Abstract base: ``weight(step) * divergence(student, teacher)``.
+
+    ``schedule`` is ``"constant"``, ``"linear"`` (decay to 0, Knowledge
+    Inheritance style) or ``"cosine"``; the decay runs over ``decay_steps``,
+    or over the whole stage when it is ``None``.
+    """
+
+    def __init__(self, weight: float = 1.0, schedule: str = "constant", decay_steps: int | None = None) -> None:
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        if decay_steps is not None and decay_steps <= 0:
+            raise ValueError(f"decay_steps must be positive, got {decay_steps}")
+        self.weight = weight
+        self.schedule = schedule
+        self.decay_steps = decay_steps
+
+    def weight_at(self, step: int, total: int) -> float:
+        """The loss weight at ``step`` of a stage of ``total`` steps."""
+        if self.schedule == "constant":
+            return self.weight
+        span = self.decay_steps or max(total, 1)
+        frac = min(step / span, 1.0)
+        if self.schedule == "linear":
+            return self.weight * (1.0 - frac)
+        return self.weight * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    def setup(self, student: Outputs, teacher: Outputs, feature_map: torch.Tensor | None = None) -> None:
+        """Build projectors from the shapes of a first batch of outputs (no-op by default)."""
+
+    @abc.abstractmethod
+    def divergence(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
+        """The unweighted distillation loss for one batch."""
+
+    def forward(self, student: Outputs, teacher: Outputs, step: int = 0, total: int = 1) -> torch.Tensor:
+        w = self.weight_at(step, total)
+        if w == 0.0:
+            return student.logits.new_zeros(())
+        return w * self.divergence(student, teacher)
+
+
+class FeatureMSE(Transferer):
+    """MSE between (L2-normalised) final features: CoM-PT's default, weight 500.
+
+    ``projector="auto"`` uses no projector when sizes agree, the grower's fixed
+    map after exact growth, and a trainable ``Linear`` otherwise.
+    """
+
+    def __init__(
+        self,
+        weight: float = 500.0,
+        *,
+        normalize: bool = True,
+        projector: str = "auto",
+        schedule: str = "constant",
+        decay_steps: int | None = None,
+    ) -> None:
+        super().__init__(weight, schedule, decay_steps)
+        if projector not in PROJECTORS:
+            raise ValueError(f"projector must be one of {PROJECTORS}, got {projector!r}")
+        self.normalize = normalize
+        self.projector = projector
+        self.proj: nn.Linear | None = None
+        self.register_buffer("fixed_map", None)
+
+    def setup(self, student: Outputs, teacher: Outputs, feature_map: torch.Tensor | None = None) -> None:
+        ds, dt = student.features.shape[-1], teacher.features.shape[-1]
+        if self.projector == "fixed" and feature_map is None:
+            raise ValueError("projector='fixed' needs a feature map, which only exact growth provides")
+        use_map = feature_map is not None and self.projector in ("auto", "fixed")
+        if use_map:
+            if tuple(feature_map.shape) != (ds, dt):
+                raise ValueError(f"feature map has shape {tuple(feature_map.shape)}, expected ({ds}, {dt})")
+            self.fixed_map = feature_map.to(student.features)
+        elif ds != dt or self.projector == "linear":
+            self.proj = nn.Linear(ds, dt, bias=False).to(student.features)
+
+    def divergence(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
+        s = _valid(student.features, student.mask)
+        t = _valid(teacher.features, student.mask).detach()
+        if self.fixed_map is not None:
+            s = s @ self.fixed_map
+        elif self.proj is not None:
+            s = self.proj(s)
+        if s.shape[-1] != t.shape[-1]:
+            raise ValueError(f"student features have {s.shape[-1]} dims, teacher {t.shape[-1]}; call setup first")
+        if self.normalize:
+            s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+        return F.mse_loss(s, t)
+
+
+class LogitKL(Transferer):
+    """KL(teacher || student) on temperature-softened logits, scaled by T^2."""
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        *,
+        temperature: float = 2.0,
+        schedule: str = "constant",
+        decay_steps: int | None = None,
+    ) -> None:
+        super().__init__(weight, schedule, decay_steps)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = temperature
+
+    def divergence(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
+        s = _valid(student.logits, student.mask)
+        t = _valid(teacher.logits, student.mask).detach()
+        if s.shape[-1] != t.shape[-1]:
+            raise ValueError(f"student has {s.shape[-1]} logits, teacher {t.shape[-1]}: the label space must match")
+        tau = self.temperature
+        log_s = F.log_softmax(s.float() / tau, dim=-1)
+        log_t = F.log_softmax(t.float() / tau, dim=-1)
+        return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * tau**2
+
+
+class WeightedSum(Transferer):
+    """The sum of several transferers, each with its own weight and schedule."""
+
+    def __init__(self, terms: Sequence[Transferer]) -> None:
+        super().__init__(1.0)
+        if not terms:
+            raise ValueError("WeightedSum needs at least one term")
+        self.terms = nn.ModuleList(terms)
+
+    def setup(self, student: Outputs, teacher: Outputs, feature_map: torch.Tensor | None = None) -> None:
+        for term in self.terms:
+            term.setup(student, teacher, feature_map)
+
+    def divergence(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
+        return sum(term.divergence(student, teacher) for term in self.terms)
+
+    def forward(self, student: Outputs, teacher: Outputs, step: int = 0, total: int = 1) -> torch.Tensor:
+        return sum(term(student, teacher, step, total) for term in self.terms)
