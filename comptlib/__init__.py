@@ -1,5 +1,6 @@
 """comptlib: Chain-of-Models Pre-Training for vision and language families."""
 
+from comptlib.chain import Chain
 from comptlib.family import Family, Outputs, families, family_of, register_family
 from comptlib.grower import Grower, GrowthCheck, GrowthError, grow
 from comptlib.transferer import FeatureMSE, LogitKL, Transferer, WeightedSum
@@ -7,6 +8,7 @@ from comptlib.transferer import FeatureMSE, LogitKL, Transferer, WeightedSum
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chain",
     "FeatureMSE",
     "Family",
     "Grower",

@@ -15,6 +15,8 @@ import attrs
 import torch
 from torch import nn
 
+from comptlib.ops import Canvas
+
 Method = Literal["exact", "compt"]
 METHODS: tuple[str, ...] = ("exact", "compt")
 
@@ -97,6 +99,16 @@ class Grower(abc.ABC):
         gen = torch.Generator()
         gen.manual_seed(0 if self.seed is None else self.seed)
         return gen
+
+    def _write(self, param: torch.Tensor, canvas: Canvas, gen: torch.Generator) -> None:
+        """Copy a finished canvas into ``param`` (or a view of it), with noise where the method allows."""
+        param.copy_(canvas.finish(self.noise, "free" if self.method == "exact" else "written", gen))
+
+    def _corner(self, target: torch.Tensor, source: torch.Tensor, gen: torch.Generator) -> None:
+        """CoM-PT's copy: ``source`` into the leading corner of ``target``; the rest keeps its init."""
+        canvas = Canvas(target)
+        canvas.put(tuple(slice(0, n) for n in source.shape), source)
+        self._write(target, canvas, gen)
 
     @torch.no_grad()
     def check(self, source: nn.Module, target: nn.Module, inputs: Any) -> GrowthCheck:

@@ -1,5 +1,5 @@
 """Built-in families; importing this package registers them."""
 
-from comptlib.families import vit
+from comptlib.families import decoder_lm, vit
 
-__all__ = ["vit"]
+__all__ = ["decoder_lm", "vit"]

@@ -20,7 +20,7 @@ from torchvision.models.vision_transformer import EncoderBlock, VisionTransforme
 
 from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import Grower, GrowthError, require_growth
-from comptlib.ops import Canvas, compt_depth_map, exact_depth_map, head_index, mean_rows, norm_scale
+from comptlib.ops import Canvas, compt_depth_map, exact_depth_map, head_dims, mean_rows, norm_scale
 from comptlib.transferer import FeatureMSE
 
 _GROW = ("hidden_dim", "num_heads", "mlp_dim", "num_layers")
@@ -43,6 +43,31 @@ def vit_dims(model: VisionTransformer) -> dict[str, int]:
         "in_channels": conv.in_channels if isinstance(conv, nn.Conv2d) else -1,
         "representation_size": model.representation_size or 0,
     }
+
+
+def build_vit(
+    hidden_dim: int,
+    num_layers: int,
+    *,
+    num_heads: int | None = None,
+    mlp_dim: int | None = None,
+    image_size: int = 8,
+    patch_size: int = 2,
+    num_classes: int = 10,
+) -> VisionTransformer:
+    """A torchvision ViT with head_dim 16 and an MLP twice as wide unless told otherwise.
+
+    The defaults fit the 8x8 digits: 16 patches of 2x2 plus the class token.
+    """
+    return VisionTransformer(
+        image_size,
+        patch_size,
+        num_layers=num_layers,
+        num_heads=num_heads or max(hidden_dim // 16, 1),
+        hidden_dim=hidden_dim,
+        mlp_dim=mlp_dim or 2 * hidden_dim,
+        num_classes=num_classes,
+    )
 
 
 def _blocks(model: VisionTransformer) -> list[EncoderBlock]:
@@ -83,9 +108,6 @@ class ViTGrower(Grower):
         return torch.eye(big, d)
 
     # -- exact -----------------------------------------------------------------
-    def _set(self, param: torch.Tensor, canvas: Canvas, gen: torch.Generator) -> None:
-        param.copy_(canvas.finish(self.noise, "free" if self.exact else "written", gen))
-
     def _grow_exact(self, source: VisionTransformer, target: VisionTransformer) -> None:
         gen = self._generator()
         d, big = source.hidden_dim, target.hidden_dim
@@ -93,7 +115,7 @@ class ViTGrower(Grower):
         def writer_rows(param: torch.Tensor, rows: torch.Tensor) -> None:
             canvas = Canvas(param)
             canvas.put(slice(None), mean_rows(rows, big))
-            self._set(param, canvas, gen)
+            self._write(param, canvas, gen)
 
         def last_axis(x: torch.Tensor) -> torch.Tensor:
             return x.movedim(-1, 0)
@@ -119,8 +141,8 @@ class ViTGrower(Grower):
         gamma.put(slice(0, d), src.weight * norm_scale(d, big))
         beta.put(slice(0, d), src.bias)
         beta.put(slice(d, big), 0.0)
-        self._set(tgt.weight, gamma, gen)
-        self._set(tgt.bias, beta, gen)
+        self._write(tgt.weight, gamma, gen)
+        self._write(tgt.bias, beta, gen)
         tgt.eps = src.eps * d / big
 
     def _identity_block(self, tb: EncoderBlock, gen: torch.Generator) -> None:
@@ -130,26 +152,24 @@ class ViTGrower(Grower):
             canvas = Canvas(param)
             if id(param) in writers:
                 canvas.put(slice(None), 0.0)
-            self._set(param, canvas, gen)  # every other entry is free: noise may go there
+            self._write(param, canvas, gen)  # every other entry is free: noise may go there
 
     def _exact_block(self, sb: EncoderBlock, tb: EncoderBlock, d: int, big: int, gen: torch.Generator) -> None:
         sa, ta = sb.self_attention, tb.self_attention
         h, heads = sa.num_heads, ta.num_heads
         hd, new_hd = d // h, big // heads
-        placed = head_index(h, hd, new_hd)
-        gaps = (torch.arange(h)[:, None] * new_hd + torch.arange(hd, new_hd)[None, :]).reshape(-1)
+        placed = head_dims(torch.arange(h), torch.arange(hd), new_hd)
+        gaps = head_dims(torch.arange(h), torch.arange(hd, new_hd), new_hd)
         unplaced = torch.ones(big, dtype=torch.bool)
         unplaced[placed] = False
 
         self._exact_norm(sb.ln_1, tb.ln_1, gen)
         self._exact_norm(sb.ln_2, tb.ln_2, gen)
 
-        # Q, K, V are packed in one tensor: split, place per head, repack.
+        # Q, K, V are packed in one tensor: place each part (a view) per head.
         q_scale = (new_hd / hd) ** 0.5
-        w_parts, b_parts = [], []
-        for i, (ws, bs, wt, bt) in enumerate(
-            zip(sa.in_proj_weight.chunk(3), sa.in_proj_bias.chunk(3), ta.in_proj_weight.chunk(3), ta.in_proj_bias.chunk(3))
-        ):
+        parts = zip(sa.in_proj_weight.chunk(3), sa.in_proj_bias.chunk(3), ta.in_proj_weight.chunk(3), ta.in_proj_bias.chunk(3))
+        for i, (ws, bs, wt, bt) in enumerate(parts):
             scale = q_scale if i == 0 else 1.0
             w, b = Canvas(wt), Canvas(bt)
             w.put((placed[:, None], torch.arange(d)[None, :]), ws * scale)
@@ -157,33 +177,31 @@ class ViTGrower(Grower):
             if i == 0 and len(gaps):  # new dims of old heads must not add to q.k
                 w.put(gaps, 0.0)
                 b.put(gaps, 0.0)
-            w_parts.append(w.finish(self.noise, "free", gen))
-            b_parts.append(b.finish(self.noise, "free", gen))
-        ta.in_proj_weight.copy_(torch.cat(w_parts))
-        ta.in_proj_bias.copy_(torch.cat(b_parts))
+            self._write(wt, w, gen)
+            self._write(bt, b, gen)
 
         w, b = Canvas(ta.out_proj.weight), Canvas(ta.out_proj.bias)
         w.put((torch.arange(d)[:, None], placed[None, :]), sa.out_proj.weight)
         w.put((slice(0, d), unplaced), 0.0)
         w.put(slice(d, big), w.data[:d].mean(0))
         b.put(slice(None), mean_rows(sa.out_proj.bias, big))
-        self._set(ta.out_proj.weight, w, gen)
-        self._set(ta.out_proj.bias, b, gen)
+        self._write(ta.out_proj.weight, w, gen)
+        self._write(ta.out_proj.bias, b, gen)
 
         fc1_s, fc2_s, fc1_t, fc2_t = sb.mlp[0], sb.mlp[3], tb.mlp[0], tb.mlp[3]
         m = fc1_s.out_features
         w, b = Canvas(fc1_t.weight), Canvas(fc1_t.bias)
         w.put((slice(0, m), slice(0, d)), fc1_s.weight)
         b.put(slice(0, m), fc1_s.bias)
-        self._set(fc1_t.weight, w, gen)
-        self._set(fc1_t.bias, b, gen)
+        self._write(fc1_t.weight, w, gen)
+        self._write(fc1_t.bias, b, gen)
         w, b = Canvas(fc2_t.weight), Canvas(fc2_t.bias)
         w.put((slice(0, d), slice(0, m)), fc2_s.weight)
         w.put((slice(0, d), slice(m, None)), 0.0)
         w.put(slice(d, big), w.data[:d].mean(0))
         b.put(slice(None), mean_rows(fc2_s.bias, big))
-        self._set(fc2_t.weight, w, gen)
-        self._set(fc2_t.bias, b, gen)
+        self._write(fc2_t.weight, w, gen)
+        self._write(fc2_t.bias, b, gen)
 
     def _exact_heads(self, source: VisionTransformer, target: VisionTransformer, gen: torch.Generator) -> None:
         """The first head layer reads the residual stream (old columns copied); later ones keep their size."""
@@ -193,8 +211,8 @@ class ViTGrower(Grower):
             w, b = Canvas(t_layer.weight), Canvas(t_layer.bias)
             w.put((slice(None), slice(0, s_layer.in_features)) if i == 0 else slice(None), s_layer.weight)
             b.put(slice(None), s_layer.bias)
-            self._set(t_layer.weight, w, gen)
-            self._set(t_layer.bias, b, gen)
+            self._write(t_layer.weight, w, gen)
+            self._write(t_layer.bias, b, gen)
 
     # -- compt -----------------------------------------------------------------
     def _grow_compt(self, source: VisionTransformer, target: VisionTransformer) -> None:
@@ -209,16 +227,11 @@ class ViTGrower(Grower):
                 j, tail = rest.split(".", 1)
                 src_name = f"encoder.layers.encoder_layer_{depth[int(j)]}.{tail}"
             value = src[src_name]
-            if name.endswith(("in_proj_weight", "in_proj_bias")):
-                parts = [self._corner(t, s, gen) for t, s in zip(param.chunk(3), value.chunk(3))]
-                param.copy_(torch.cat(parts))
+            if name.endswith(("in_proj_weight", "in_proj_bias")):  # split Q, K, V: never copy K into Q
+                for t_part, s_part in zip(param.chunk(3), value.chunk(3)):
+                    self._corner(t_part, s_part, gen)
             else:
-                param.copy_(self._corner(param, value, gen))
-
-    def _corner(self, target: torch.Tensor, source: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        canvas = Canvas(target)
-        canvas.put(tuple(slice(0, n) for n in source.shape), source)
-        return canvas.finish(self.noise, "written", gen)
+                self._corner(param, value, gen)
 
 
 def vit_forward(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> Outputs:

@@ -7,15 +7,19 @@ method allows it.
 """
 
 from comptlib.ops.canvas import Canvas
-from comptlib.ops.depth import compt_depth_map, exact_depth_map
-from comptlib.ops.width import head_index, mean_rows, norm_scale, prefix
+from comptlib.ops.depth import compt_depth_map, exact_depth_map, stack_depth_map
+from comptlib.ops.heads import gqa_placement, head_dims, rope_dim_map, rope_mismatch
+from comptlib.ops.width import mean_rows, norm_scale
 
 __all__ = [
     "Canvas",
     "compt_depth_map",
     "exact_depth_map",
-    "head_index",
+    "gqa_placement",
+    "head_dims",
     "mean_rows",
     "norm_scale",
-    "prefix",
+    "rope_dim_map",
+    "rope_mismatch",
+    "stack_depth_map",
 ]

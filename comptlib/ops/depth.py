@@ -31,3 +31,9 @@ def compt_depth_map(src: int, dst: int) -> list[int]:
     """
     _check(src, dst)
     return [j * src // dst for j in range(dst)]
+
+
+def stack_depth_map(src: int, dst: int) -> list[int]:
+    """G_stack: target block ``j`` copies source block ``j % src`` (the whole stack, repeated)."""
+    _check(src, dst)
+    return [j % src for j in range(dst)]

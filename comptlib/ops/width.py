@@ -7,22 +7,6 @@ import math
 import torch
 
 
-def prefix(n: int) -> slice:
-    """The leading ``n`` entries of an axis: where a source dim lands in its target."""
-    return slice(0, n)
-
-
-def head_index(heads: int, head_dim: int, new_head_dim: int) -> torch.Tensor:
-    """Target positions of the ``heads * head_dim`` source attention dims.
-
-    Source head ``i`` keeps its place and fills the first ``head_dim`` dims of
-    target head ``i``, so a larger ``head_dim`` leaves per-head gaps.
-    """
-    if new_head_dim < head_dim:
-        raise ValueError(f"head_dim cannot shrink ({head_dim} -> {new_head_dim})")
-    return (torch.arange(heads)[:, None] * new_head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
-
-
 def mean_rows(rows: torch.Tensor, total: int) -> torch.Tensor:
     """``rows`` (d, ...) extended to ``total`` rows, each new row the mean of the old.
 

@@ -1,0 +1,3 @@
+from comptlib.cli import main
+
+main()

@@ -1,0 +1,425 @@
+"""`Chain`: train a model family in ascending size, growing and distilling each link.
+
+The stage loop reads top to bottom: validate everything, then for each model
+grow it from its trained predecessor, train it with objective + transfer
+loss for its budget with a fresh AdamW, measure its cost, evaluate it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from sklearn.base import BaseEstimator
+from torch import nn
+
+from comptlib.data import batch_size_of, loader_length, to_device
+from comptlib.family import Family, family_of
+from comptlib.grower import METHODS, Grower, GrowthError
+from comptlib.ledger import Ledger, StageCost, count_flops
+from comptlib.transferer import Transferer, freeze
+
+UNITS = ("steps", "epochs")
+PAPER_BUDGETS = (8.0, 1.5, 1.0)
+"""CoM-PT's CC3M budgets 128 -> 24 -> 16 -> 16 epochs, divided by 16; later models repeat the last."""
+
+
+def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
+    """Batches forever, epoch after epoch (telling a distributed sampler the epoch)."""
+    epoch = 0
+    while True:
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _lr_lambda(total: int, warmup: int, floor: float):
+    """Linear warm-up to 1, then cosine decay to ``floor``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total - warmup, 1)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float, betas: tuple[float, float]):
+    """AdamW with weight decay on matrices only (not on norms and biases), fused on GPU."""
+    params = [p for p in params if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class Chain(BaseEstimator):
+    """A family of models trained as a chain in ascending size (CoM-PT).
+
+    Model 0 is trained with the plain objective for ``budgets[0]`` (or taken as
+    already trained with ``first_trained=True``). Every later model is grown
+    from its trained predecessor by ``grower`` and trained for its budget with
+    the objective plus ``transferer``'s distillation loss from the frozen
+    predecessor, with a fresh AdamW, a short warm-up and a cosine schedule.
+
+    Parameters
+    ----------
+    models : freshly built models, smallest first, all of one registered family.
+    grower : ``"auto"`` (the family's exact grower), a method name (``"exact"``,
+        ``"compt"``), a :class:`Grower`, or one of those per link.
+    transferer : ``"auto"`` (the family's default), ``None`` (no distillation),
+        a :class:`Transferer` (copied for each link), or one per link.
+    budgets : one per model, in ``unit``; default: the paper's 128:24:16 epoch
+        proportions divided by 16 (8, 1.5, 1, 1, ... epochs).
+    baseline_budget : the budget each model would get if trained alone, for the
+        acceleration ratio; default ``budgets[0]``.
+    lr, weight_decay, betas, warmup, min_lr_ratio, grad_clip : optimiser and
+        schedule of model 0 (``warmup`` is a fraction of the stage's steps).
+    grown_lr_scale, grown_warmup : peak-LR multiplier and warm-up fraction for
+        grown models: a full re-warm erases what growth inherited.
+
+    Fitted attributes: ``models_`` (trained models), ``history_`` (per stage:
+    losses, validation metrics, wall time, FLOPs), ``ledger_`` and ``report_``.
+
+    >>> from torchvision.models import VisionTransformer
+    >>> from comptlib.data import digits_loaders
+    >>> vit = lambda d, L: VisionTransformer(8, 2, num_layers=L, num_heads=2, hidden_dim=d, mlp_dim=2 * d, num_classes=10)
+    >>> train, val = digits_loaders(batch_size=64)
+    >>> chain = Chain([vit(16, 1), vit(32, 2)], budgets=[20, 5], unit="steps", progress=False).fit(train, val)
+    >>> len(chain.models_), chain.report_["acceleration_ratio"] > 1
+    (2, True)
+    """
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        *,
+        grower: str | Grower | Sequence[str | Grower] = "auto",
+        transferer: str | Transferer | None | Sequence[Transferer | None] = "auto",
+        budgets: Sequence[float] | None = None,
+        unit: str = "epochs",
+        baseline_budget: float | None = None,
+        first_trained: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        grad_clip: float | None = 1.0,
+        grown_lr_scale: float = 0.5,
+        grown_warmup: float = 0.05,
+        eval_every: int = 0,
+        device: str = "auto",
+        seed: int = 0,
+        names: Sequence[str] | None = None,
+        progress: bool = True,
+        copy: bool = True,
+    ) -> None:
+        self.models = models
+        self.grower = grower
+        self.transferer = transferer
+        self.budgets = budgets
+        self.unit = unit
+        self.baseline_budget = baseline_budget
+        self.first_trained = first_trained
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.betas = betas
+        self.warmup = warmup
+        self.min_lr_ratio = min_lr_ratio
+        self.grad_clip = grad_clip
+        self.grown_lr_scale = grown_lr_scale
+        self.grown_warmup = grown_warmup
+        self.eval_every = eval_every
+        self.device = device
+        self.seed = seed
+        self.names = names
+        self.progress = progress
+        self.copy = copy
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(type(m).__name__ for m in self.models)
+        return f"Chain([{kinds}], grower={self.grower!r}, transferer={self.transferer!r}, budgets={self.budgets!r}, unit={self.unit!r})"
+
+    # -- validation: everything is checked before the first training step -------
+    def _family(self) -> Family:
+        if isinstance(self.models, nn.Module) or not isinstance(self.models, Sequence) or not self.models:
+            raise TypeError("models must be a non-empty list of nn.Module, smallest first")
+        fams = []
+        for i, model in enumerate(self.models):
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"models[{i}] is a {type(model).__name__}, not an nn.Module")
+            try:
+                fams.append(family_of(model))
+            except TypeError as err:
+                raise TypeError(f"models[{i}]: {err}") from None
+        for i, fam in enumerate(fams):
+            if fam.name != fams[0].name:
+                raise TypeError(
+                    f"mixed families: models[0] ({type(self.models[0]).__name__}) is {fams[0].name!r}, "
+                    f"models[{i}] ({type(self.models[i]).__name__}) is {fam.name!r}"
+                )
+        return fams[0]
+
+    def _per_link(self, value: Any, what: str) -> list[Any]:
+        links = len(self.models) - 1
+        if isinstance(value, (list, tuple)):
+            if len(value) != links:
+                raise ValueError(f"{what} has {len(value)} entries for {links} links between {links + 1} models")
+            return list(value)
+        return [value] * links
+
+    def _growers(self, family: Family) -> list[Grower]:
+        growers = []
+        for g in self._per_link(self.grower, "grower"):
+            if isinstance(g, Grower):
+                growers.append(g)
+            elif g == "auto" or g in METHODS:
+                growers.append(family.grower("exact" if g == "auto" else g, seed=self.seed))
+            else:
+                raise ValueError(f"grower must be 'auto', one of {METHODS} or a Grower, got {g!r}")
+        return growers
+
+    def _transferers(self, family: Family) -> list[Transferer | None]:
+        out = []
+        for t in self._per_link(self.transferer, "transferer"):
+            if t == "auto":
+                out.append(family.transferer())
+            elif t is None or isinstance(t, Transferer):
+                out.append(copy.deepcopy(t))
+            else:
+                raise ValueError(f"transferer must be 'auto', None or a Transferer, got {t!r}")
+        return out
+
+    def _steps(self, train_loader: Iterable[Any]) -> tuple[list[int], int]:
+        n = len(self.models)
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
+        budgets = list(self.budgets) if self.budgets is not None else None
+        if budgets is None:
+            if self.unit != "epochs":
+                raise ValueError("the default budgets are in epochs; pass budgets= with unit='steps'")
+            budgets = [PAPER_BUDGETS[min(i, len(PAPER_BUDGETS) - 1)] for i in range(n)]
+        if len(budgets) != n:
+            raise ValueError(f"budgets has {len(budgets)} entries for {n} models")
+        per_epoch = loader_length(train_loader)
+        if per_epoch == 0:
+            raise ValueError("the training loader is empty")
+        if self.unit == "epochs" and per_epoch is None:
+            raise ValueError("budgets in epochs need a loader with a length; use unit='steps'")
+
+        def to_steps(budget: float, what: str) -> int:
+            if budget < 0 or (budget == 0 and what != "budgets[0]"):
+                raise ValueError(f"{what} must be positive, got {budget}")
+            steps = budget if self.unit == "steps" else budget * per_epoch
+            return max(int(round(steps)), 1 if budget else 0)
+
+        steps = [to_steps(b, f"budgets[{i}]") for i, b in enumerate(budgets)]
+        if steps[0] == 0 and not self.first_trained:
+            raise ValueError("budgets[0] is 0 but first_trained is False: model 0 would stay untrained")
+        baseline = budgets[0] if self.baseline_budget is None else self.baseline_budget
+        return steps, to_steps(baseline, "baseline_budget")
+
+    def _validate(self, train_loader: Iterable[Any]) -> tuple[Family, list[Grower], list[Transferer | None], list[int], int]:
+        family = self._family()
+        for name in ("lr", "grown_lr_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup", "grown_warmup", "min_lr_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.names is not None and len(self.names) != len(self.models):
+            raise ValueError(f"names has {len(self.names)} entries for {len(self.models)} models")
+        growers = self._growers(family)
+        for i, grower in enumerate(growers, start=1):
+            try:
+                grower.validate(self.models[i - 1], self.models[i])
+            except (GrowthError, TypeError) as err:
+                raise type(err)(
+                    f"models[{i}] ({type(self.models[i]).__name__}) cannot be grown from models[{i - 1}] "
+                    f"with method={grower.method!r}: {err}"
+                ) from None
+        transferers = self._transferers(family)
+        steps, baseline_steps = self._steps(train_loader)
+        return family, growers, transferers, steps, baseline_steps
+
+    # -- training ------------------------------------------------------------
+    def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None) -> Chain:
+        """Train the chain; returns ``self`` with ``models_``, ``history_``, ``ledger_``, ``report_``."""
+        family, growers, transferers, steps, baseline_steps = self._validate(train_loader)
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
+        names = list(self.names) if self.names is not None else [f"{family.name}-{i}" for i in range(len(self.models))]
+        torch.manual_seed(self.seed)
+        batches = _cycle(train_loader)
+
+        self.models_: list[nn.Module] = []
+        self.history_: list[dict[str, Any]] = []
+        costs: list[StageCost] = []
+        with _progress(self.progress) as bar:
+            for i, template in enumerate(self.models):
+                student = (copy.deepcopy(template) if self.copy else template).to(device)
+                teacher, transfer, fmap = None, None, None
+                if i > 0:
+                    teacher = freeze(self.models_[i - 1])
+                    growers[i - 1].grow(teacher, student)
+                    fmap = growers[i - 1].feature_map(teacher, student)
+                    transfer = transferers[i - 1]
+                record = {"name": names[i], "params": _num_params(student), "steps": steps[i], "val": []}
+                if val_loader is not None and i > 0:
+                    record["val"].append({"step": 0, **family.evaluate(student, val_loader, device)})
+                cost = self._train_stage(family, student, teacher, transfer, fmap, batches, steps[i], record, val_loader, device, bar, i)
+                if teacher is not None:
+                    _unfreeze(teacher)
+                costs.append(cost)
+                self.models_.append(student.eval())
+                self.history_.append(record)
+
+        baseline_samples = baseline_steps * self.history_[0]["batch_size"]
+        if self.first_trained:  # model 0 was trained elsewhere: count it at the baseline budget
+            costs[0] = StageCost(costs[0].name, costs[0].student_flops, 0.0, baseline_samples)
+        self.ledger_ = Ledger(tuple(costs))
+        self.report_ = self._report(family, baseline_samples)
+        return self
+
+    def _train_stage(
+        self,
+        family: Family,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        transfer: Transferer | None,
+        fmap: torch.Tensor | None,
+        batches: Iterator[Any],
+        total: int,
+        record: dict[str, Any],
+        val_loader: Iterable[Any] | None,
+        device: torch.device,
+        bar: Any,
+        index: int,
+    ) -> StageCost:
+        grown = teacher is not None
+        train = not (index == 0 and self.first_trained)
+        params = list(student.parameters())
+        first = to_device(next(batches), device)
+        record["batch_size"] = batch_size_of(first)
+        if transfer is not None:
+            transfer.to(device)
+            with torch.no_grad():
+                transfer.setup(family.forward(student, first), family.forward(teacher, first), fmap)
+            params += list(transfer.parameters())
+        lr = self.lr * (self.grown_lr_scale if grown else 1.0)
+        warmup = int(round((self.grown_warmup if grown else self.warmup) * total))
+        opt = _optimizer(params, lr, self.weight_decay, self.betas)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup, self.min_lr_ratio))
+
+        student.train()
+        task = bar.add_task(record["name"], total=total if train else 0, loss=float("nan")) if bar else None
+        losses, transfer_losses, samples = [], [], 0
+        student_flops = teacher_flops = 0.0
+        start = time.perf_counter()
+        for step in range(total if train else 1):
+            batch = first if step == 0 else to_device(next(batches), device)
+            n = batch_size_of(batch)
+            counting = step == 0
+            t_out = None
+            if teacher is not None:
+                with count_flops() if counting else nullcontext() as counter, torch.no_grad():
+                    t_out = family.forward(teacher, batch)
+                if counting:
+                    teacher_flops = counter.get_total_flops() / n
+            with count_flops() if counting else nullcontext() as counter:
+                out = family.forward(student, batch)
+                loss = out.loss
+                if transfer is not None:
+                    extra = transfer(out, t_out, step, total)
+                    transfer_losses.append(extra.detach())
+                    loss = loss + extra
+                loss.backward()
+            if counting:
+                student_flops = counter.get_total_flops() / n
+            if not train:
+                opt.zero_grad(set_to_none=True)
+                break
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            losses.append(loss.detach())
+            samples += n
+            if task is not None and (step % 10 == 0 or step == total - 1):
+                bar.update(task, completed=step + 1, loss=losses[-1].item())
+            if val_loader is not None and self.eval_every and (step + 1) % self.eval_every == 0 and step + 1 < total:
+                paused = time.perf_counter()
+                record["val"].append({"step": step + 1, **family.evaluate(student, val_loader, device)})
+                student.train()
+                start += time.perf_counter() - paused
+        elapsed = time.perf_counter() - start
+        if val_loader is not None:
+            record["val"].append({"step": total if train else 0, **family.evaluate(student, val_loader, device)})
+        record["loss"] = torch.stack(losses).tolist() if losses else []
+        record["transfer_loss"] = torch.stack(transfer_losses).tolist() if transfer_losses and train else []
+        record["wall_time"] = elapsed if train else 0.0
+        record["trained"] = train
+        cost = StageCost(record["name"], student_flops, teacher_flops, samples)
+        record["flops"] = cost.total
+        return cost
+
+    def _report(self, family: Family, baseline_samples: int) -> dict[str, Any]:
+        """A JSON-ready summary: per model metric, FLOPs and time; family totals and the ratio."""
+        rows = []
+        for record, cost in zip(self.history_, self.ledger_.stages):
+            final = record["val"][-1] if record["val"] else {}
+            rows.append(
+                {
+                    "name": record["name"],
+                    "params": record["params"],
+                    "steps": record["steps"],
+                    family.metric: final.get(family.metric),
+                    "flops": cost.total,
+                    "wall_time": record["wall_time"],
+                }
+            )
+        return {
+            "family": family.name,
+            "metric": family.metric,
+            "models": rows,
+            "wall_time": sum(r["wall_time"] for r in self.history_),
+            **self.ledger_.to_dict(baseline_samples),
+        }
+
+
+def _unfreeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+
+
+def _progress(enabled: bool):
+    """Rich progress bars with per-stage ETA, or nothing."""
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )

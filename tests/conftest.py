@@ -1,0 +1,26 @@
+"""Shared test setup: offline, no denormal slow-downs, small deterministic models."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_flush_denormal(True)
+
+
+def perturb(model: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> torch.nn.Module:
+    """Make every parameter non-trivial (norm gammas, zero-init heads...) so growth is tested for real."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from comptlib.data import digits_loaders
+
+    return digits_loaders(batch_size=64)
