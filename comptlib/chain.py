@@ -231,10 +231,14 @@ class Chain(BaseEstimator):
         steps = [to_steps(b, f"budgets[{i}]") for i, b in enumerate(budgets)]
         if steps[0] == 0 and not self.first_trained:
             raise ValueError("budgets[0] is 0 but first_trained is False: model 0 would stay untrained")
+        if self.baseline_budget is None and budgets[0] == 0:
+            raise ValueError("baseline_budget defaults to budgets[0], which is 0: set it when model 0 is pre-trained")
         baseline = budgets[0] if self.baseline_budget is None else self.baseline_budget
         return steps, to_steps(baseline, "baseline_budget")
 
-    def _validate(self, train_loader: Iterable[Any]) -> tuple[Family, list[Grower], list[Transferer | None], list[int], int]:
+    def _validate(
+        self, train_loader: Iterable[Any]
+    ) -> tuple[Family, list[Grower], list[Transferer | None], list[int], int]:
         family = self._family()
         for name in ("lr", "grown_lr_scale"):
             if getattr(self, name) <= 0:
@@ -261,7 +265,9 @@ class Chain(BaseEstimator):
     def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None) -> Chain:
         """Train the chain; returns ``self`` with ``models_``, ``history_``, ``ledger_``, ``report_``."""
         family, growers, transferers, steps, baseline_steps = self._validate(train_loader)
-        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
+        device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        )
         names = list(self.names) if self.names is not None else [f"{family.name}-{i}" for i in range(len(self.models))]
         torch.manual_seed(self.seed)
         batches = _cycle(train_loader)
@@ -281,7 +287,9 @@ class Chain(BaseEstimator):
                 record = {"name": names[i], "params": _num_params(student), "steps": steps[i], "val": []}
                 if val_loader is not None and i > 0:
                     record["val"].append({"step": 0, **family.evaluate(student, val_loader, device)})
-                cost = self._train_stage(family, student, teacher, transfer, fmap, batches, steps[i], record, val_loader, device, bar, i)
+                cost = self._train_stage(
+                    family, student, teacher, transfer, fmap, batches, steps[i], record, val_loader, device, bar, i
+                )
                 if teacher is not None:
                     _unfreeze(teacher)
                 costs.append(cost)
@@ -412,7 +420,14 @@ def _progress(enabled: bool):
     """Rich progress bars with per-stage ETA, or nothing."""
     if not enabled:
         return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"),

@@ -26,7 +26,8 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit.")
+        Optional[bool],
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit."),
     ] = None,
 ) -> None:
     """Chain-of-Models Pre-Training (CoM-PT) for vision and language model families."""
@@ -55,10 +56,14 @@ def _parse_floats(text: str, what: str) -> list[float]:
 
 @app.command()
 def grow(
-    sizes: Annotated[str, typer.Option(help="ViT sizes, smallest first, as WIDTHxDEPTH (heads = width/16).")] = "32x2,64x4,128x6",
+    sizes: Annotated[
+        str, typer.Option(help="ViT sizes, smallest first, as WIDTHxDEPTH (heads = width/16).")
+    ] = "32x2,64x4,128x6",
     budgets: Annotated[str, typer.Option(help="Training budget per model, comma-separated, in --unit.")] = "32,6,4",
     unit: Annotated[str, typer.Option(help="Budget unit: epochs or steps.")] = "epochs",
-    method: Annotated[str, typer.Option(help="Growth method: exact (function-preserving) or compt (the paper's).")] = "exact",
+    method: Annotated[
+        str, typer.Option(help="Growth method: exact (function-preserving) or compt (the paper's).")
+    ] = "exact",
     transfer: Annotated[bool, typer.Option(help="Distil each model from its predecessor.")] = True,
     lr: Annotated[float, typer.Option(help="Peak learning rate of the first model.")] = 3e-3,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,

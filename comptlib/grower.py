@@ -87,6 +87,10 @@ class Grower(abc.ABC):
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
         """Write ``source`` into ``target`` in place and return ``target``."""
 
+    def keeps_function(self, source: nn.Module, target: nn.Module) -> bool:
+        """Whether growing ``source`` into ``target`` promises the same function (what :meth:`check` reports)."""
+        return self.exact
+
     def feature_map(self, source: nn.Module, target: nn.Module) -> torch.Tensor | None:
         """A fixed matrix ``M`` with ``teacher_features == student_features @ M`` right after growth.
 
@@ -128,7 +132,8 @@ class Grower(abc.ABC):
             raise GrowthError(f"output shape {tuple(b.shape)} of the target differs from the source's {tuple(a.shape)}")
         diff = (a - b).abs().max().item()
         scale = a.abs().max().item()
-        return GrowthCheck(max_abs=diff, max_rel=diff / max(scale, 1e-12), method=self.method, exact=self.exact)
+        exact = self.keeps_function(source, target)
+        return GrowthCheck(max_abs=diff, max_rel=diff / max(scale, 1e-12), method=self.method, exact=exact)
 
 
 def grow(source: nn.Module, target: nn.Module, method: Method = "exact", **kwargs: Any) -> nn.Module:

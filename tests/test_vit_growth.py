@@ -7,7 +7,6 @@ from torchvision.models import VisionTransformer, vit_b_16, vit_l_16
 import comptlib
 from comptlib.families.vit import ViTGrower, build_vit
 from comptlib.grower import GrowthError
-
 from conftest import perturb
 
 

@@ -11,13 +11,12 @@ zero output columns, and new blocks get zero residual writers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
 
+from comptlib.families.classification import evaluate_classifier
 from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import Grower, GrowthError, require_growth
 from comptlib.ops import Canvas, compt_depth_map, exact_depth_map, head_dims, mean_rows, norm_scale
@@ -80,7 +79,9 @@ class ViTGrower(Grower):
     def validate(self, source: nn.Module, target: nn.Module) -> None:
         for role, model in (("source", source), ("target", target)):
             if not isinstance(model, VisionTransformer):
-                raise TypeError(f"ViTGrower needs torchvision VisionTransformer models, the {role} is {type(model).__name__}")
+                raise TypeError(
+                    f"ViTGrower needs torchvision VisionTransformer models, the {role} is {type(model).__name__}"
+                )
             if not isinstance(model.conv_proj, nn.Conv2d):
                 raise GrowthError(f"conv_stem: the {role} uses a convolutional stem, which ViTGrower does not grow")
         s, t = vit_dims(source), vit_dims(target)
@@ -168,7 +169,9 @@ class ViTGrower(Grower):
 
         # Q, K, V are packed in one tensor: place each part (a view) per head.
         q_scale = (new_hd / hd) ** 0.5
-        parts = zip(sa.in_proj_weight.chunk(3), sa.in_proj_bias.chunk(3), ta.in_proj_weight.chunk(3), ta.in_proj_bias.chunk(3))
+        parts = zip(
+            sa.in_proj_weight.chunk(3), sa.in_proj_bias.chunk(3), ta.in_proj_weight.chunk(3), ta.in_proj_bias.chunk(3)
+        )
         for i, (ws, bs, wt, bt) in enumerate(parts):
             scale = q_scale if i == 0 else 1.0
             w, b = Canvas(wt), Canvas(bt)
@@ -242,24 +245,6 @@ def vit_forward(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> O
     features = model.encoder(x)[:, 0]
     logits = model.heads(features)
     return Outputs(loss=F.cross_entropy(logits, labels), logits=logits, features=features)
-
-
-@torch.no_grad()
-def evaluate_classifier(model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy over ``loader``, in eval mode."""
-    was_training = model.training
-    model.eval()
-    correct, total, loss = 0, 0, 0.0
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images)
-        loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(-1) == labels).sum().item()
-        total += labels.numel()
-    model.train(was_training)
-    if total == 0:
-        raise ValueError("the evaluation loader yielded no samples")
-    return {"accuracy": correct / total, "loss": loss / total}
 
 
 VIT = register_family(
