@@ -38,6 +38,7 @@ def save_model(model: nn.Module, path: str | Path) -> Path:
 
     path = Path(path)
     if hasattr(model, "save_pretrained"):
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
         model.save_pretrained(tmp)
         if path.exists():

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torchvision.models import resnet18, resnet34
-from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+from torchvision.models.convnext import ConvNeXt
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 import comptlib
@@ -23,6 +23,7 @@ from comptlib.families.convnet import (
     resnet,
     resnet_dims,
 )
+from comptlib.families.convnet import convnext as build_convnext
 
 torch.set_flush_denormal(True)
 EXACT = 1e-5
@@ -60,8 +61,7 @@ def images(n: int = 4, seed: int = 0) -> torch.Tensor:
 
 
 def convnext(widths: list[int], depths: list[int], num_classes: int = 10) -> ConvNeXt:
-    outs = [*widths[1:], None]
-    return ConvNeXt([CNBlockConfig(w, o, n) for w, o, n in zip(widths, outs, depths)], num_classes=num_classes)
+    return build_convnext(widths, depths, num_classes)
 
 
 # -- ResNet -------------------------------------------------------------------

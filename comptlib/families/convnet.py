@@ -48,7 +48,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.convnext import CNBlock, ConvNeXt
+from torchvision.models.convnext import CNBlock, CNBlockConfig, ConvNeXt
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from comptlib.families.classification import evaluate_classifier
@@ -99,6 +99,18 @@ def resnet(
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     return model
+
+
+def convnext(widths: Sequence[int], depths: Sequence[int], num_classes: int = 1000) -> ConvNeXt:
+    """A plain torchvision ``ConvNeXt`` with the given stage widths and blocks per stage.
+
+    >>> convnext([16, 32], [1, 2], num_classes=10).classifier[2].in_features
+    32
+    """
+    if len(widths) != len(depths) or not widths:
+        raise ValueError(f"need one depth per stage width, got widths={widths}, depths={depths}")
+    outs = [*widths[1:], None]
+    return ConvNeXt([CNBlockConfig(w, o, n) for w, o, n in zip(widths, outs, depths)], num_classes=num_classes)
 
 
 def _resnet_stages(model: ResNet) -> list[nn.Sequential]:

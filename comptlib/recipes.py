@@ -1,0 +1,132 @@
+"""Built-in runs: for each family, a size ladder, real offline data, budgets and settings.
+
+``comptlib grow --family NAME`` and the examples start from these. A size is
+``WIDTHxDEPTH``; what width and depth mean is the family's own (hidden size
+and layers for transformers, base channels and blocks per stage for ConvNets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from torch import nn
+
+Loaders = tuple[Any, Any]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"64x4"`` -> ``(64, 4)``; ValueError naming the size otherwise."""
+    try:
+        width, depth = (int(v) for v in text.strip().lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size {text!r} is not WIDTHxDEPTH, e.g. 64x4") from None
+    if width < 1 or depth < 1:
+        raise ValueError(f"size {text!r} needs a positive width and depth")
+    return width, depth
+
+
+@attrs.frozen
+class Recipe:
+    """A default chain for one family: how to build a size, which data, which budgets."""
+
+    family: str
+    sizes: tuple[str, ...]
+    budgets: tuple[float, ...]
+    unit: str = attrs.field(validator=attrs.validators.in_(("steps", "epochs")))
+    lr: float = attrs.field(validator=attrs.validators.gt(0))
+    batch_size: int = attrs.field(validator=attrs.validators.gt(0))
+    build: Callable[[int, int], nn.Module]
+    loaders: Callable[[int, int], Loaders]  # (batch_size, seed) -> (train, val)
+    data: str
+    grower_options: dict[str, Any] = attrs.field(factory=dict)
+
+    def grower(self, method: str) -> Any:
+        """What ``Chain(grower=...)`` gets: the method name, or the family's grower built with the recipe's options."""
+        if not self.grower_options:
+            return method
+        from comptlib.family import families
+
+        return families()[self.family].grower(method, **self.grower_options)
+
+    def models(self, sizes: tuple[str, ...] | None = None) -> list[nn.Module]:
+        """Fresh models for ``sizes`` (default: the recipe's ladder)."""
+        return [self.build(*parse_size(s)) for s in sizes or self.sizes]
+
+
+def _vit(width: int, depth: int) -> nn.Module:
+    from comptlib.families.vit import build_vit
+
+    if width % 16:
+        raise ValueError(f"ViT width {width} must be a multiple of 16 (head_dim 16)")
+    return build_vit(width, depth)
+
+
+def _resnet(width: int, depth: int) -> nn.Module:
+    from torchvision.models.resnet import BasicBlock
+
+    from comptlib.families.convnet import resnet
+
+    return resnet(BasicBlock, [depth] * 3, [width, 2 * width, 4 * width], num_classes=10)
+
+
+def _convnext(width: int, depth: int) -> nn.Module:
+    from comptlib.families.convnet import convnext
+
+    return convnext([width, 2 * width, 4 * width], [depth, depth, 3 * depth], num_classes=10)
+
+
+def _lm(builder: str) -> Callable[[int, int], nn.Module]:
+    def build(width: int, depth: int) -> nn.Module:
+        from comptlib.families import decoder_lm
+
+        if width % 16:
+            raise ValueError(f"{builder} width {width} must be a multiple of 16 (head_dim 16)")
+        return getattr(decoder_lm, f"build_{builder}")(width, depth)
+
+    return build
+
+
+def _digits(image_size: int) -> Callable[[int, int], Loaders]:
+    def loaders(batch_size: int, seed: int) -> Loaders:
+        from comptlib.data import digits_loaders
+
+        return digits_loaders(batch_size, image_size=image_size, seed=seed)
+
+    return loaders
+
+
+def _text(batch_size: int, seed: int) -> Loaders:
+    from comptlib.data import text_loaders
+
+    return text_loaders(batch_size, seed=seed)
+
+
+_LM = {"budgets": (600.0, 120.0, 80.0), "unit": "steps", "lr": 3e-3, "batch_size": 32, "loaders": _text}
+_LM_DATA = "CPython standard library source, byte-level"
+
+RECIPES: dict[str, Recipe] = {
+    "vit": Recipe(
+        "vit", ("32x2", "64x4", "128x6"), (32.0, 6.0, 4.0), "epochs", 3e-3, 64, _vit, _digits(8), "digits 8x8"
+    ),
+    "resnet": Recipe(
+        "resnet", ("8x1", "16x1", "32x2"), (16.0, 3.0, 2.0), "epochs", 3e-3, 64, _resnet, _digits(32), "digits 32x32"
+    ),
+    "convnext": Recipe(
+        "convnext",
+        ("16x1", "32x1", "64x2"),
+        (16.0, 3.0, 2.0),
+        "epochs",
+        2e-3,
+        64,
+        _convnext,
+        _digits(32),
+        "digits 32x32",
+        grower_options={"approximate": True},  # ConvNeXt width cannot grow exactly: see families/convnet.py
+    ),
+    "llama": Recipe("decoder_lm", ("64x2", "128x4", "256x4"), build=_lm("llama"), data=_LM_DATA, **_LM),
+    "qwen2": Recipe("decoder_lm", ("64x2", "128x4", "256x4"), build=_lm("qwen2"), data=_LM_DATA, **_LM),
+    "gpt2": Recipe("decoder_lm", ("64x2", "128x4", "256x4"), build=_lm("gpt2"), data=_LM_DATA, **_LM),
+}
+"""Recipes by CLI name; the budgets keep the paper's 128:24:16 proportions."""
