@@ -8,36 +8,40 @@ loss for its budget with a fresh AdamW, measure its cost, evaluate it.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 
+from comptlib.checkpoint import (
+    Stream,
+    fingerprint,
+    finished_stage,
+    load_partial,
+    load_stage,
+    save_partial,
+    save_stage,
+    signature,
+    weights_hash,
+)
 from comptlib.data import batch_size_of, loader_length, to_device
 from comptlib.family import Family, family_of
 from comptlib.grower import METHODS, Grower, GrowthError
+from comptlib.io import atomic_write, write_json
 from comptlib.ledger import Ledger, StageCost, count_flops
 from comptlib.transferer import Transferer, freeze
 
 UNITS = ("steps", "epochs")
 PAPER_BUDGETS = (8.0, 1.5, 1.0)
 """CoM-PT's CC3M budgets 128 -> 24 -> 16 -> 16 epochs, divided by 16; later models repeat the last."""
-
-
-def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
-    """Batches forever, epoch after epoch (telling a distributed sampler the epoch)."""
-    epoch = 0
-    while True:
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
 
 
 def _lr_lambda(total: int, warmup: int, floor: float):
@@ -91,6 +95,11 @@ class Chain(BaseEstimator):
         schedule of model 0 (``warmup`` is a fraction of the stage's steps).
     grown_lr_scale, grown_warmup : peak-LR multiplier and warm-up fraction for
         grown models: a full re-warm erases what growth inherited.
+    checkpoint_dir, checkpoint_every, resume : with a directory, each finished
+        stage is saved there (plus ``metrics.jsonl`` and ``lineage.json``), and
+        mid-stage state every ``checkpoint_every`` steps; ``resume=True`` reuses
+        finished stages whose lineage is unchanged and continues a stage left
+        mid-way, to the bit on CPU.
 
     Fitted attributes: ``models_`` (trained models), ``history_`` (per stage:
     losses, validation metrics, wall time, FLOPs), ``ledger_`` and ``report_``.
@@ -128,6 +137,9 @@ class Chain(BaseEstimator):
         names: Sequence[str] | None = None,
         progress: bool = True,
         copy: bool = True,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int = 0,
+        resume: bool = False,
     ) -> None:
         self.models = models
         self.grower = grower
@@ -150,6 +162,9 @@ class Chain(BaseEstimator):
         self.names = names
         self.progress = progress
         self.copy = copy
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
 
     def __repr__(self) -> str:
         kinds = ", ".join(type(m).__name__ for m in self.models)
@@ -269,32 +284,45 @@ class Chain(BaseEstimator):
             ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
         )
         names = list(self.names) if self.names is not None else [f"{family.name}-{i}" for i in range(len(self.models))]
+        run = Path(self.checkpoint_dir) if self.checkpoint_dir is not None else None
+        data = fingerprint(train_loader)
         torch.manual_seed(self.seed)
-        batches = _cycle(train_loader)
+        if getattr(train_loader, "generator", None) is not None:  # same seed, same data order, every fit
+            train_loader.generator.manual_seed(self.seed)
+        stream = Stream(train_loader)
 
         self.models_: list[nn.Module] = []
         self.history_: list[dict[str, Any]] = []
         costs: list[StageCost] = []
+        parent: str | None = None
         with _progress(self.progress) as bar:
             for i, template in enumerate(self.models):
                 student = (copy.deepcopy(template) if self.copy else template).to(device)
-                teacher, transfer, fmap = None, None, None
-                if i > 0:
-                    teacher = freeze(self.models_[i - 1])
-                    growers[i - 1].grow(teacher, student)
-                    fmap = growers[i - 1].feature_map(teacher, student)
-                    transfer = transferers[i - 1]
-                record = {"name": names[i], "params": _num_params(student), "steps": steps[i], "val": []}
-                if val_loader is not None and i > 0:
-                    record["val"].append({"step": 0, **family.evaluate(student, val_loader, device)})
-                cost = self._train_stage(
-                    family, student, teacher, transfer, fmap, batches, steps[i], record, val_loader, device, bar, i
-                )
-                if teacher is not None:
-                    _unfreeze(teacher)
-                costs.append(cost)
+                link = {"grower": repr(growers[i - 1]), "transfer": repr(transferers[i - 1])} if i else {}
+                settings = {"name": names[i], "dims": dict(family.dims(student)), "steps": steps[i], "data": data}
+                settings |= link | {k: repr(v) for k, v in self._stage_settings(i).items()}
+                sig = signature(settings, parent)
+                folder = run / names[i] if run is not None else None
+                record = finished_stage(folder, sig) if self.resume and folder is not None else None
+                if record is not None:  # finished in an earlier run: rebuild it, and continue from where it ended
+                    if i > 0:  # growth sets what weights do not hold (e.g. LayerNorm eps)
+                        growers[i - 1].grow(self.models_[i - 1], student)
+                    state = load_stage(folder, student, record)
+                    stream.restore(state["stream"])
+                    torch.set_rng_state(state["rng"])
+                else:
+                    ctx = _Context(family, device, stream, val_loader, bar, folder, sig)
+                    record = self._run_stage(i, ctx, student, growers, transferers, steps[i], names[i])
+                    record |= {"signature": sig, "parent": names[i - 1] if i else None, "settings": settings}
+                    record["weights_sha256"] = weights_hash(student)
+                    if folder is not None:
+                        save_stage(folder, student, record, _stage_state(stream))
+                costs.append(StageCost(**record["cost"]))
                 self.models_.append(student.eval())
                 self.history_.append(record)
+                parent = sig
+                if run is not None:
+                    write_json(run / "lineage.json", [_lineage(r) for r in self.history_])
 
         baseline_samples = baseline_steps * self.history_[0]["batch_size"]
         if self.first_trained:  # model 0 was trained elsewhere: count it at the baseline budget
@@ -303,43 +331,78 @@ class Chain(BaseEstimator):
         self.report_ = self._report(family, baseline_samples)
         return self
 
-    def _train_stage(
+    def _stage_settings(self, i: int) -> dict[str, Any]:
+        """The optimiser settings stage ``i`` trains with (part of its checkpoint signature)."""
+        grown = i > 0
+        return {
+            "lr": self.lr * (self.grown_lr_scale if grown else 1.0),
+            "warmup": self.grown_warmup if grown else self.warmup,
+            "weight_decay": self.weight_decay,
+            "betas": tuple(self.betas),
+            "min_lr_ratio": self.min_lr_ratio,
+            "grad_clip": self.grad_clip,
+            "seed": self.seed,
+            "trained": not (i == 0 and self.first_trained),
+        }
+
+    def _run_stage(
         self,
-        family: Family,
+        i: int,
+        ctx: _Context,
         student: nn.Module,
-        teacher: nn.Module | None,
-        transfer: Transferer | None,
-        fmap: torch.Tensor | None,
-        batches: Iterator[Any],
+        growers: list[Grower],
+        transferers: list[Transferer | None],
         total: int,
-        record: dict[str, Any],
-        val_loader: Iterable[Any] | None,
-        device: torch.device,
-        bar: Any,
-        index: int,
-    ) -> StageCost:
-        grown = teacher is not None
-        train = not (index == 0 and self.first_trained)
+        name: str,
+    ) -> dict[str, Any]:
+        """Grow model ``i`` from its predecessor (if any) and train it; returns its history record."""
+        family, device = ctx.family, ctx.device
+        teacher, transfer, fmap = None, None, None
+        if i > 0:
+            teacher = freeze(self.models_[i - 1])
+            growers[i - 1].grow(teacher, student)
+            fmap = growers[i - 1].feature_map(teacher, student)
+            transfer = transferers[i - 1]
+        settings = self._stage_settings(i)
+        train = settings["trained"]
+        record: dict[str, Any] = {"name": name, "params": _num_params(student), "steps": total, "val": []}
+        partial = load_partial(ctx.folder, ctx.sig) if self.resume and ctx.folder is not None else None
+        if ctx.folder is not None:
+            _trim_metrics(ctx.folder.parent, name, partial["progress"]["step"] if partial else -1)
+        if i > 0 and partial is None:
+            _evaluate(ctx, student, record, 0)
+
         params = list(student.parameters())
-        first = to_device(next(batches), device)
+        first = to_device(next(ctx.stream), device)
         record["batch_size"] = batch_size_of(first)
         if transfer is not None:
             transfer.to(device)
             with torch.no_grad():
                 transfer.setup(family.forward(student, first), family.forward(teacher, first), fmap)
             params += list(transfer.parameters())
-        lr = self.lr * (self.grown_lr_scale if grown else 1.0)
-        warmup = int(round((self.grown_warmup if grown else self.warmup) * total))
-        opt = _optimizer(params, lr, self.weight_decay, self.betas)
+        opt = _optimizer(params, settings["lr"], self.weight_decay, self.betas)
+        warmup = int(round(settings["warmup"] * total))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup, self.min_lr_ratio))
 
+        progress = {"step": 0, "loss": [], "transfer_loss": [], "samples": 0, "flops": [0.0, 0.0], "elapsed": 0.0}
+        if partial is not None:  # continue a stage an earlier run left mid-way
+            student.load_state_dict(partial["student"])
+            if transfer is not None:
+                transfer.load_state_dict(partial["transfer"])
+            opt.load_state_dict(partial["optimizer"])
+            sched.load_state_dict(partial["scheduler"])
+            ctx.stream.restore(partial["stream"])
+            torch.set_rng_state(partial["rng"])
+            progress = partial["progress"]
+            record["val"] = partial["val"]
+
         student.train()
-        task = bar.add_task(record["name"], total=total if train else 0, loss=float("nan")) if bar else None
-        losses, transfer_losses, samples = [], [], 0
-        student_flops = teacher_flops = 0.0
-        start = time.perf_counter()
-        for step in range(total if train else 1):
-            batch = first if step == 0 else to_device(next(batches), device)
+        task = ctx.bar.add_task(name, total=total if train else 1, loss=float("nan")) if ctx.bar else None
+        losses = [torch.tensor(v) for v in progress["loss"]]
+        transfer_losses = [torch.tensor(v) for v in progress["transfer_loss"]]
+        start = time.perf_counter() - progress["elapsed"]
+        for step in range(progress["step"], total if train else 1):
+            batch = first if step == 0 else to_device(next(ctx.stream), device)
             n = batch_size_of(batch)
             counting = step == 0
             t_out = None
@@ -347,7 +410,7 @@ class Chain(BaseEstimator):
                 with count_flops() if counting else nullcontext() as counter, torch.no_grad():
                     t_out = family.forward(teacher, batch)
                 if counting:
-                    teacher_flops = counter.get_total_flops() / n
+                    progress["flops"][1] = counter.get_total_flops() / n
             with count_flops() if counting else nullcontext() as counter:
                 out = family.forward(student, batch)
                 loss = out.loss
@@ -357,8 +420,8 @@ class Chain(BaseEstimator):
                     loss = loss + extra
                 loss.backward()
             if counting:
-                student_flops = counter.get_total_flops() / n
-            if not train:
+                progress["flops"][0] = counter.get_total_flops() / n
+            if not train:  # a pre-trained first model: one measured step, no update
                 opt.zero_grad(set_to_none=True)
                 break
             if self.grad_clip:
@@ -367,24 +430,48 @@ class Chain(BaseEstimator):
             opt.zero_grad(set_to_none=True)
             sched.step()
             losses.append(loss.detach())
-            samples += n
-            if task is not None and (step % 10 == 0 or step == total - 1):
-                bar.update(task, completed=step + 1, loss=losses[-1].item())
-            if val_loader is not None and self.eval_every and (step + 1) % self.eval_every == 0 and step + 1 < total:
+            progress["samples"] += n
+            done = step + 1
+            if done % 10 == 0 or done == total:
+                value = losses[-1].item()
+                if task is not None:
+                    ctx.bar.update(task, completed=done, loss=value)
+                if ctx.folder is not None:
+                    _log(ctx.folder.parent, {"model": name, "step": done, "loss": value, "lr": sched.get_last_lr()[0]})
+            if self.eval_every and done % self.eval_every == 0 and done < total:
                 paused = time.perf_counter()
-                record["val"].append({"step": step + 1, **family.evaluate(student, val_loader, device)})
+                _evaluate(ctx, student, record, done)
                 student.train()
                 start += time.perf_counter() - paused
+            if ctx.folder is not None and self.checkpoint_every and done % self.checkpoint_every == 0 and done < total:
+                progress |= {"step": done, "elapsed": time.perf_counter() - start}
+                progress["loss"] = torch.stack(losses).tolist()
+                progress["transfer_loss"] = torch.stack(transfer_losses).tolist() if transfer_losses else []
+                state = {
+                    "signature": ctx.sig,
+                    "student": student.state_dict(),
+                    "transfer": transfer.state_dict() if transfer is not None else {},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "val": record["val"],
+                    "progress": progress,
+                    **_stage_state(ctx.stream),
+                }
+                save_partial(ctx.folder, state)
         elapsed = time.perf_counter() - start
-        if val_loader is not None:
-            record["val"].append({"step": total if train else 0, **family.evaluate(student, val_loader, device)})
+        if task is not None and not train:
+            ctx.bar.update(task, completed=1)
+        if teacher is not None:
+            _unfreeze(teacher)
+        _evaluate(ctx, student, record, total if train else 0)
+        cost = StageCost(name, progress["flops"][0], progress["flops"][1], progress["samples"])
         record["loss"] = torch.stack(losses).tolist() if losses else []
         record["transfer_loss"] = torch.stack(transfer_losses).tolist() if transfer_losses and train else []
         record["wall_time"] = elapsed if train else 0.0
         record["trained"] = train
-        cost = StageCost(record["name"], student_flops, teacher_flops, samples)
+        record["cost"] = attrs.asdict(cost)
         record["flops"] = cost.total
-        return cost
+        return record
 
     def _report(self, family: Family, baseline_samples: int) -> dict[str, Any]:
         """A JSON-ready summary: per model metric, FLOPs and time; family totals and the ratio."""
@@ -408,6 +495,58 @@ class Chain(BaseEstimator):
             "wall_time": sum(r["wall_time"] for r in self.history_),
             **self.ledger_.to_dict(baseline_samples),
         }
+
+
+@attrs.frozen
+class _Context:
+    """What every stage of one ``fit`` shares."""
+
+    family: Family
+    device: torch.device
+    stream: Stream
+    val_loader: Iterable[Any] | None
+    bar: Any
+    folder: Path | None
+    sig: str
+
+
+def _stage_state(stream: Stream) -> dict[str, Any]:
+    """Where the data stream and the global RNG stand: what a resumed run restores."""
+    return {"stream": stream.state(), "rng": torch.get_rng_state()}
+
+
+def _lineage(record: dict[str, Any]) -> dict[str, Any]:
+    """One model's entry in ``lineage.json``."""
+    settings = record["settings"]
+    lineage = {k: record[k] for k in ("name", "parent", "signature", "steps", "weights_sha256")}
+    return lineage | {k: settings.get(k) for k in ("grower", "transfer", "data", "lr")}
+
+
+def _evaluate(ctx: _Context, model: nn.Module, record: dict[str, Any], step: int) -> None:
+    """Evaluate on the validation loader (if any): into the record and ``metrics.jsonl``."""
+    if ctx.val_loader is None:
+        return
+    metrics = ctx.family.evaluate(model, ctx.val_loader, ctx.device)
+    record["val"].append({"step": step, **metrics})
+    if ctx.folder is not None:
+        _log(ctx.folder.parent, {"model": record["name"], "step": step, "val": metrics})
+
+
+def _log(run: Path, entry: dict[str, Any]) -> None:
+    """Append one line to ``metrics.jsonl``."""
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _trim_metrics(run: Path, name: str, step: int) -> None:
+    """Drop ``name``'s logged lines past ``step``: a resumed or retrained stage logs them again."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keep = [e for e in lines if e.get("model") != name or e["step"] <= step]
+    if len(keep) != len(lines):
+        atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(e) + "\n" for e in keep)))
 
 
 def _unfreeze(model: nn.Module) -> None:

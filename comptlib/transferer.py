@@ -67,6 +67,13 @@ class Transferer(nn.Module, abc.ABC):
             return self.weight * (1.0 - frac)
         return self.weight * 0.5 * (1.0 + math.cos(math.pi * frac))
 
+    def extra_repr(self) -> str:
+        settings = {"weight": self.weight, "schedule": self.schedule, "decay_steps": self.decay_steps}
+        settings |= {k: getattr(self, k) for k in self._hyperparameters}
+        return ", ".join(f"{k}={v!r}" for k, v in settings.items())
+
+    _hyperparameters: tuple[str, ...] = ()
+
     def setup(self, student: Outputs, teacher: Outputs, feature_map: torch.Tensor | None = None) -> None:
         """Build projectors from the shapes of a first batch of outputs (no-op by default)."""
 
@@ -102,6 +109,7 @@ class FeatureMSE(Transferer):
             raise ValueError(f"projector must be one of {PROJECTORS}, got {projector!r}")
         self.normalize = normalize
         self.projector = projector
+        self._hyperparameters = ("normalize", "projector")
         self.proj: nn.Linear | None = None
         self.register_buffer("fixed_map", None)
 
@@ -146,6 +154,7 @@ class LogitKL(Transferer):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
+        self._hyperparameters = ("temperature",)
 
     def divergence(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
         s = _valid(student.logits, student.mask)

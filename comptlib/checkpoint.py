@@ -1,0 +1,233 @@
+"""Chain checkpoints: resumable to the bit, safe to load, never half-written.
+
+A checkpoint directory holds one folder per stage, named after the model.
+A stage is complete once its ``stage.json`` exists (written last, atomically);
+it records a *signature* that hashes the stage's settings together with its
+parent's signature, so a changed chain (a new middle model, another budget)
+retrains exactly the stages whose lineage changed. Mid-stage checkpoints
+(``partial.pt``) hold the student, optimiser, scheduler, transfer and RNG
+state, and are loaded with ``torch.load(weights_only=True)``: no pickled code
+runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from comptlib.io import atomic_write, save_model, write_json
+
+STAGE_FILE = "stage.json"
+PARTIAL_FILE = "partial.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is corrupt or does not match the chain being resumed."""
+
+
+class Stream:
+    """Batches forever, epoch after epoch, with a position that can be saved and restored.
+
+    The position is the epoch, the batches taken in it, and the RNG states at
+    the moment the epoch's iterator was created (the shuffle order comes from
+    them), so a restored stream yields exactly the batches an uninterrupted
+    one would.
+    """
+
+    def __init__(self, loader: Iterable[Any]) -> None:
+        self.loader = loader
+        self.epoch, self.index = 0, 0
+        self._it: Iterator[Any] | None = None
+        self._rng: dict[str, torch.Tensor] = {}
+
+    def _generator(self) -> torch.Generator | None:
+        return getattr(self.loader, "generator", None)
+
+    def _start_epoch(self) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        gen = self._generator()
+        self._rng = {"torch": torch.get_rng_state()}
+        if gen is not None:
+            self._rng["loader"] = gen.get_state()
+        self._it = iter(self.loader)
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            self._start_epoch()
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._start_epoch()
+            batch = next(self._it)
+        self.index += 1
+        return batch
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "index": self.index, "rng": dict(self._rng)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Jump to a saved position; the global RNG is left as it was."""
+        current = torch.get_rng_state()
+        self.epoch, self.index = state["epoch"], 0
+        self._it = None
+        if state["rng"]:
+            torch.set_rng_state(state["rng"]["torch"])
+            gen = self._generator()
+            if gen is not None and "loader" in state["rng"]:
+                gen.set_state(state["rng"]["loader"])
+            sampler = getattr(self.loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch)
+            self._rng = dict(state["rng"])
+            self._it = iter(self.loader)
+            for _ in range(state["index"]):
+                next(self._it)
+            self.index = state["index"]
+        torch.set_rng_state(current)
+
+
+def signature(settings: dict[str, Any], parent: str | None) -> str:
+    """A short hash of a stage's settings and its parent's signature (its lineage)."""
+    text = json.dumps({"settings": settings, "parent": parent}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weights_hash(model: nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers, in state-dict order."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(_bytes(tensor))
+    return digest.hexdigest()
+
+
+def _model_path(folder: Path, model: nn.Module) -> Path:
+    return folder / ("model" if hasattr(model, "save_pretrained") else "model.safetensors")
+
+
+def save_stage(folder: Path, model: nn.Module, record: dict[str, Any], state: dict[str, Any]) -> None:
+    """Save a finished stage: weights, then the RNG/stream state, then ``stage.json`` last."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, _model_path(folder, model))
+    atomic_write(folder / "state.pt", lambda tmp: torch.save(state, tmp))
+    write_json(folder / STAGE_FILE, record)
+    (folder / PARTIAL_FILE).unlink(missing_ok=True)
+
+
+def finished_stage(folder: Path, sig: str) -> dict[str, Any] | None:
+    """The record of a complete stage with this signature, or None if it must be (re)trained."""
+    path = folder / STAGE_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is corrupt: {err}") from None
+    return record if record.get("signature") == sig else None
+
+
+def load_stage(folder: Path, model: nn.Module, record: dict[str, Any]) -> dict[str, Any]:
+    """Load a finished stage's weights into ``model`` (checked against their hash); returns its saved state."""
+    _load_weights(_model_path(folder, model), model)
+    if record.get("weights_sha256") != weights_hash(model):
+        raise CheckpointError(f"{folder}: the weights do not match the hash recorded in {STAGE_FILE}")
+    return _torch_load(folder / "state.pt")
+
+
+def save_partial(folder: Path, state: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / PARTIAL_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def load_partial(folder: Path, sig: str) -> dict[str, Any] | None:
+    """The mid-stage state of a stage with this signature, or None."""
+    path = folder / PARTIAL_FILE
+    if not path.exists():
+        return None
+    state = _torch_load(path)
+    return state if state.get("signature") == sig else None
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which and why
+        raise CheckpointError(f"cannot load checkpoint {path}: {err}") from None
+
+
+def _load_weights(path: Path, model: nn.Module) -> None:
+    """Load weights without running pickled code, with an error that names the mismatch."""
+    try:
+        if path.is_dir():
+            from safetensors.torch import load_file
+
+            files = sorted(path.glob("*.safetensors"))
+            if not files:
+                raise CheckpointError(f"{path} has no safetensors weights")
+            state = {k: v for f in files for k, v in load_file(str(f)).items()}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not _tied(model, k)]
+            if missing or unexpected:
+                raise CheckpointError(
+                    f"{path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+                )
+        else:
+            from safetensors.torch import load_model
+
+            load_model(model, str(path))
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"cannot load {path} into {type(model).__name__}: {err}") from None
+
+
+def _tied(model: nn.Module, key: str) -> bool:
+    """Whether ``key`` is a tied weight that save_pretrained leaves out."""
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    return key in tied
+
+
+def fingerprint(loader: Iterable[Any]) -> str:
+    """A short hash of a loader's dataset: its length and its first samples.
+
+    Cheap, and enough to tell two datasets apart in a lineage manifest.
+    """
+    dataset = getattr(loader, "dataset", None)
+    digest = hashlib.sha256()
+    if dataset is None or not hasattr(dataset, "__len__"):
+        return "unknown"
+    digest.update(str(len(dataset)).encode())
+    for i in range(min(len(dataset), 16)):
+        _hash_into(digest, dataset[i])
+    return digest.hexdigest()[:16]
+
+
+def _hash_into(digest: Any, item: Any) -> None:
+    if isinstance(item, torch.Tensor):
+        digest.update(_bytes(item))
+    elif isinstance(item, dict):
+        for key in sorted(item):
+            digest.update(str(key).encode())
+            _hash_into(digest, item[key])
+    elif isinstance(item, (tuple, list)):
+        for value in item:
+            _hash_into(digest, value)
+    else:
+        digest.update(repr(item).encode())
+
+
+def _bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor (any dtype, 0-d included)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
