@@ -276,6 +276,35 @@ class Chain(BaseEstimator):
         steps, baseline_steps = self._steps(train_loader)
         return family, growers, transferers, steps, baseline_steps
 
+    def validate(self, train_loader: Iterable[Any]) -> None:
+        """Raise the ValueError or TypeError ``fit`` would raise, without training anything."""
+        self._validate(train_loader)
+
+    def plan(self, train_loader: Iterable[Any]) -> dict[str, Any]:
+        """Projected costs before any training: each model's measured FLOPs per sample, and the ratio.
+
+        One forward and backward of each model on one batch are counted (on
+        copies: the models are not touched); the teacher's forward is counted
+        as its own forward.
+        """
+        family, _, _, steps, baseline_steps = self._validate(train_loader)
+        batch = next(iter(train_loader))
+        n = batch_size_of(batch)
+        names = list(self.names) if self.names is not None else [f"{family.name}-{i}" for i in range(len(self.models))]
+        stages, rows, previous = [], [], 0.0
+        for i, template in enumerate(self.models):
+            model = copy.deepcopy(template).train()
+            with count_flops() as counter:
+                family.forward(model, batch).loss.backward()
+            with count_flops() as forward, torch.no_grad():
+                family.forward(model, batch)
+            samples = steps[i] * n if not (i == 0 and self.first_trained) else baseline_steps * n
+            cost = StageCost(names[i], counter.get_total_flops() / n, previous, samples)
+            previous = forward.get_total_flops() / n
+            stages.append(cost)
+            rows.append({**attrs.asdict(cost), "params": _num_params(model), "steps": steps[i], "total": cost.total})
+        return {"models": rows, **Ledger(tuple(stages)).to_dict(baseline_steps * n)}
+
     # -- training ------------------------------------------------------------
     def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None) -> Chain:
         """Train the chain; returns ``self`` with ``models_``, ``history_``, ``ledger_``, ``report_``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from importlib.metadata import version as _version
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -33,35 +34,99 @@ def _root(
     """Chain-of-Models Pre-Training (CoM-PT) for vision and language model families."""
 
 
-def _floats(text: str | None, what: str) -> list[float] | None:
+def _floats(text: str | None) -> list[float] | None:
     if text is None:
         return None
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise typer.BadParameter(f"{what} must be comma-separated numbers, got {text!r}") from None
+        raise typer.BadParameter(f"must be comma-separated numbers, got {text!r}", param_hint="--budgets") from None
+
+
+def _fail(message: str, debug: bool, err: BaseException | None = None) -> None:
+    """One paragraph, exit code 2, no traceback unless --debug."""
+    if debug and err is not None:
+        raise err
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]Error:[/bold red] {message}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A TOML file with the run's fields (flags win).")]
+FamilyOpt = Annotated[Optional[str], typer.Option(help="vit, resnet, convnext, llama, qwen2 or gpt2 [default: vit].")]
+SizesOpt = Annotated[Optional[str], typer.Option(help="Sizes, smallest first, WIDTHxDEPTH,... [default: the recipe's]")]
+BudgetsOpt = Annotated[Optional[str], typer.Option(help="Budget per model, comma-separated, in --unit.")]
+UnitOpt = Annotated[Optional[str], typer.Option(help="Budget unit: epochs or steps.")]
+MethodOpt = Annotated[Optional[str], typer.Option(help="Growth: exact (function-preserving) or compt (the paper's).")]
+BatchOpt = Annotated[Optional[int], typer.Option(help="Batch size.")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Random seed for models, data order and growth.")]
+DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
+
+
+def _config(config: Path | None, debug: bool, **flags: Any):
+    from comptlib.config import ConfigError, RunConfig
+
+    if flags.get("sizes") is not None:
+        flags["sizes"] = tuple(flags["sizes"].split(","))
+    flags["budgets"] = _floats(flags.get("budgets"))
+    try:
+        return RunConfig.resolve(config, **flags)
+    except ConfigError as err:
+        _fail(str(err), debug, err)
+
+
+def _chain(cfg, progress: bool, out: Path | None = None, resume: bool = False):
+    """The models and the Chain a config describes (models seeded by the config's seed)."""
+    import torch
+
+    from comptlib import Chain
+
+    torch.set_flush_denormal(True)
+    torch.manual_seed(cfg.seed)
+    models = cfg.recipe.models(cfg.sizes)
+    return Chain(
+        models,
+        grower=cfg.recipe.grower(cfg.method),
+        transferer="auto" if cfg.transfer else None,
+        budgets=list(cfg.budgets),
+        unit=cfg.unit,
+        lr=cfg.lr,
+        device=cfg.device,
+        seed=cfg.seed,
+        names=[f"{cfg.family}-{s}" for s in cfg.sizes],
+        progress=progress,
+        checkpoint_dir=None if out is None else str(out),
+        checkpoint_every=cfg.checkpoint_every,
+        resume=resume,
+    )
 
 
 @app.command()
 def grow(
-    family: Annotated[str, typer.Option(help="vit, resnet, convnext, llama, qwen2 or gpt2.")] = "vit",
-    sizes: Annotated[
-        Optional[str], typer.Option(help="Sizes, smallest first, as WIDTHxDEPTH,... [default: the family's ladder]")
+    config: ConfigOpt = None,
+    family: FamilyOpt = None,
+    sizes: SizesOpt = None,
+    budgets: BudgetsOpt = None,
+    unit: UnitOpt = None,
+    method: MethodOpt = None,
+    transfer: Annotated[
+        Optional[bool], typer.Option("--transfer/--no-transfer", help="Distil from the predecessor.")
     ] = None,
-    budgets: Annotated[Optional[str], typer.Option(help="Budget per model, comma-separated, in --unit.")] = None,
-    unit: Annotated[Optional[str], typer.Option(help="Budget unit: epochs or steps.")] = None,
-    method: Annotated[str, typer.Option(help="Growth: exact (function-preserving) or compt (the paper's).")] = "exact",
-    transfer: Annotated[bool, typer.Option(help="Distil each model from its predecessor.")] = True,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the first model.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed for models, data order and growth.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    out: Annotated[Path, typer.Option(help="Run directory for models and report.json.")] = Path("runs/default"),
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda[:N].")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Mid-stage checkpoint every N steps.")] = None,
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/default"),
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an earlier run in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    debug: DebugOpt = False,
 ) -> None:
     """Train a model family as a chain on built-in offline data and report its acceleration ratio.
 
-    With no options: three ViTs (widths 32, 64, 128) on scikit-learn's digits, about a minute on 2 CPU cores.
+    With no options: three ViTs (widths 32, 64, 128) on scikit-learn's digits, a minute or two on 2 CPU cores.
 
     Examples:
 
@@ -71,55 +136,118 @@ def grow(
 
         comptlib grow --sizes 64x4,128x6,256x8 --budgets 40,8,6
 
-        comptlib grow --family resnet --method compt --no-transfer
+        comptlib grow --config chain.toml --out runs/mine --resume
     """
-    from comptlib.recipes import RECIPES
-
-    if family not in RECIPES:
-        raise typer.BadParameter(f"unknown family {family!r}; choose from {', '.join(RECIPES)}", param_hint="--family")
-    recipe = RECIPES[family]
+    flags = {"family": family, "sizes": sizes, "budgets": budgets, "unit": unit, "method": method, "transfer": transfer}
+    flags |= {"lr": lr, "batch_size": batch_size, "seed": seed, "device": device, "checkpoint_every": checkpoint_every}
+    cfg = _config(config, debug, **flags)
+    earlier = out.exists() and any(out.iterdir())
+    if earlier and not (resume or force):
+        _fail(f"{out} holds an earlier run: pass --resume to continue it, or --force to overwrite it.", debug)
+    chain = _chain(cfg, progress, out, resume=resume)
+    train, val = cfg.recipe.loaders(cfg.batch_size, cfg.seed)
     try:
-        size_list = tuple(sizes.split(",")) if sizes else recipe.sizes
-        models = _build(recipe, size_list, seed)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--sizes") from None
+        chain.validate(train)
+    except (ValueError, TypeError) as err:
+        _fail(str(err), debug, err)
+    if earlier and force and not resume:
+        shutil.rmtree(out)
 
-    import torch
+    from comptlib.io import write_json
 
-    from comptlib import Chain
-    from comptlib.io import save_model, write_json
-
-    torch.set_flush_denormal(True)
-    chain = Chain(
-        models,
-        grower=recipe.grower(method),
-        transferer="auto" if transfer else None,
-        budgets=_floats(budgets, "--budgets") or list(recipe.budgets),
-        unit=unit or recipe.unit,
-        lr=lr or recipe.lr,
-        device=device,
-        seed=seed,
-        names=[f"{family}-{s}" for s in size_list],
-        progress=progress,
-    )
-    train, val = recipe.loaders(batch_size or recipe.batch_size, seed)
+    write_json(out / "config.json", cfg.to_dict())
     try:
         chain.fit(train, val)
-    except (ValueError, TypeError) as err:
-        raise typer.BadParameter(str(err)) from None
-    for row, model in zip(chain.report_["models"], chain.models_):
-        suffix = "" if hasattr(model, "save_pretrained") else ".safetensors"
-        save_model(model.cpu(), out / f"{row['name']}{suffix}")
-    write_json(out / "report.json", {"data": recipe.data, "report": chain.report_, "history": chain.history_})
+    except KeyboardInterrupt:
+        typer.echo(f"\nInterrupted. Continue from the last checkpoint in {out} with the same command and --resume.")
+        raise typer.Exit(130) from None
+    write_json(out / "report.json", {"data": cfg.recipe.data, "report": chain.report_, "history": chain.history_})
+    _write_markdown(out / "report.md", chain.report_, cfg.recipe.data)
     _print_report(chain.report_)
-    typer.echo(f"Saved models and report.json to {out}")
+    typer.echo(f"Models, checkpoints, metrics.jsonl, lineage.json and report.json are in {out}")
 
 
-def _build(recipe, sizes: tuple[str, ...], seed: int) -> list:
+@app.command()
+def plan(
+    config: ConfigOpt = None,
+    family: FamilyOpt = None,
+    sizes: SizesOpt = None,
+    budgets: BudgetsOpt = None,
+    unit: UnitOpt = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Dry run: each model's parameters and measured FLOPs per sample, and the projected acceleration ratio.
+
+    Nothing is trained. Examples:
+
+        comptlib plan
+
+        comptlib plan --family llama --sizes 64x2,128x4,256x4,512x8 --budgets 600,120,80,80
+    """
+    flags = {"family": family, "sizes": sizes, "budgets": budgets, "unit": unit, "batch_size": batch_size, "seed": seed}
+    cfg = _config(config, debug, **flags)
+    chain = _chain(cfg, progress=False)
+    train, _ = cfg.recipe.loaders(cfg.batch_size, cfg.seed)
+    try:
+        projected = chain.plan(train)
+    except (ValueError, TypeError) as err:
+        _fail(str(err), debug, err)
+    _print_plan(projected, cfg)
+
+
+@app.command()
+def check(
+    source: Annotated[str, typer.Argument(help="Source size WIDTHxDEPTH.")],
+    target: Annotated[str, typer.Argument(help="Target size WIDTHxDEPTH.")],
+    family: Annotated[str, typer.Option(help="vit, resnet, convnext, llama, qwen2 or gpt2.")] = "vit",
+    method: Annotated[str, typer.Option(help="exact or compt.")] = "exact",
+    seed: Annotated[int, typer.Option(help="Seed of both models' random init.")] = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Grow a SOURCE model into a TARGET and print the function-preservation report.
+
+    Examples:
+
+        comptlib check 64x4 96x6
+
+        comptlib check 64x2 128x4 --family llama --method compt
+    """
+    cfg = _config(None, debug, family=family, sizes=f"{source},{target}", budgets="1,1", seed=seed, method=method)
     import torch
 
+    from comptlib.family import family_of
+
     torch.manual_seed(seed)
-    return recipe.models(sizes)
+    small, large = cfg.recipe.models(cfg.sizes)
+    grower = family_of(small).grower(method, **cfg.recipe.grower_options)
+    try:
+        grower.validate(small, large)
+    except (ValueError, TypeError) as err:
+        _fail(f"{source} -> {target}: {err}", debug, err)
+    _perturb(small)
+    grower.grow(small, large)
+    train, _ = cfg.recipe.loaders(4, seed)
+    report = grower.check(small, large, _inputs(next(iter(train))))
+    _print_check(family_of(small).dims(small), family_of(large).dims(large), report)
+
+
+def _perturb(model) -> None:
+    """Stand in for training: move every weight off its init, so the check is not trivially exact."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def _inputs(batch):
+    """The model inputs of a built-in batch (images, or the token dict)."""
+    if isinstance(batch, dict):
+        return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    return batch[0]
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -155,3 +283,67 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _print_plan(projected: dict[str, Any], cfg) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{cfg.family} chain plan ({cfg.recipe.data}, batch {cfg.batch_size})")
+    for col in ("model", "params", "train FLOPs/sample", "teacher FLOPs/sample", "steps", "stage FLOPs"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in projected["models"]:
+        table.add_row(
+            row["name"],
+            f"{row['params'] / 1e6:.2f}M",
+            f"{row['student_flops']:.3g}",
+            f"{row['teacher_flops']:.3g}",
+            str(row["steps"]),
+            f"{row['total']:.3g}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"projected chain FLOPs {projected['chain_flops']:.3g}, independent training {projected['independent_flops']:.3g}: "
+        f"[bold]projected acceleration ratio {projected['acceleration_ratio']:.2f}x[/bold]"
+    )
+
+
+def _print_check(source: dict[str, int], target: dict[str, int], report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"growth check: {report}")
+    for col in ("dimension", "source", "target", "change"):
+        table.add_column(col)
+    for key in source:
+        change = "same" if source[key] == target[key] else f"x{target[key] / max(source[key], 1):.3g}"
+        table.add_row(key, str(source[key]), str(target[key]), change)
+    console = Console()
+    console.print(table)
+    verdict = "function kept" if report.exact else "function changed (a warm start or approximate growth)"
+    console.print(f"max |diff| {report.max_abs:.3g}, relative {report.max_rel:.3g}: {verdict}")
+
+
+def _write_markdown(path: Path, report: dict[str, Any], data: str) -> None:
+    from comptlib.io import atomic_write
+
+    metric = report["metric"]
+    lines = [
+        f"# {report['family']} chain on {data}",
+        "",
+        f"| model | params | steps | {metric} | train FLOPs | wall time (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["models"]:
+        value = "-" if row[metric] is None else f"{row[metric]:.4f}"
+        lines.append(
+            f"| {row['name']} | {row['params']:,} | {row['steps']} | {value} | {row['flops']:.3g} | {row['wall_time']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Chain FLOPs {report['chain_flops']:.3g}; training each model alone for {report['baseline_samples']} samples: "
+        f"{report['independent_flops']:.3g}. **Acceleration ratio {report['acceleration_ratio']:.2f}x.**",
+        "",
+    ]
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))

@@ -10,39 +10,86 @@ from comptlib.cli import app
 from comptlib.families.vit import build_vit
 
 runner = CliRunner()
+TINY = ["--sizes", "16x1,32x2", "--budgets", "30,5", "--unit", "steps", "--no-progress"]
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
 
 
 def test_version_and_help() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("comptlib ")
-    result = runner.invoke(app, ["grow", "--help"])
-    assert result.exit_code == 0 and "--family" in result.output and "comptlib grow" in result.output
+    for command in ("grow", "plan", "check"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and f"comptlib {command}" in result.output
 
 
-def test_grow_runs_a_chain_and_writes_loadable_models(tmp_path) -> None:
+def test_grow_writes_a_complete_run_directory(tmp_path) -> None:
     out = tmp_path / "run"
-    args = ["grow", "--sizes", "16x1,32x2", "--budgets", "30,5", "--unit", "steps", "--out", str(out), "--no-progress"]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, ["grow", *TINY, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "acceleration ratio" in result.output and "vit-32x2" in result.output
     report = json.loads((out / "report.json").read_text())["report"]
     assert report["acceleration_ratio"] > 1 and len(report["models"]) == 2
-    model = build_vit(32, 2)
-    load_model(model, str(out / "vit-32x2.safetensors"))  # a plain torchvision ViT loads the weights
+    assert json.loads((out / "config.json").read_text())["sizes"] == ["16x1", "32x2"]
+    assert [e["name"] for e in json.loads((out / "lineage.json").read_text())] == ["vit-16x1", "vit-32x2"]
+    assert (out / "metrics.jsonl").read_text().count("\n") >= 3 and "Acceleration ratio" in (
+        out / "report.md"
+    ).read_text()
+    load_model(build_vit(32, 2), str(out / "vit-32x2" / "model.safetensors"))  # a plain torchvision ViT loads it
+
+    again = runner.invoke(app, ["grow", *TINY, "--out", str(out)])
+    assert again.exit_code == 2 and "--resume" in flat(again.output) and "--force" in flat(again.output)
+    resumed = runner.invoke(app, ["grow", *TINY, "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0 and json.loads((out / "report.json").read_text())["report"] == report
+    forced = runner.invoke(app, ["grow", *TINY, "--out", str(out), "--force"])
+    assert forced.exit_code == 0
+
+
+def test_grow_from_a_toml_config(tmp_path) -> None:
+    config = tmp_path / "chain.toml"
+    config.write_text('[chain]\nfamily = "vit"\nsizes = ["16x1", "32x1"]\nbudgets = [20, 5]\nunit = "steps"\n')
+    result = runner.invoke(app, ["grow", "--config", str(config), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["budgets"] == [20.0, 5.0]
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "toml", "message"),
     [
-        (["--family", "mlp"], "unknown family 'mlp'"),
-        (["--sizes", "64"], "not WIDTHxDEPTH"),
-        (["--sizes", "64x2,32x2"], "hidden_dim shrinks"),
-        (["--budgets", "1,x"], "comma-separated numbers"),
-        (["--budgets", "1,1"], "budgets has 2 entries for 3 models"),
+        (["--family", "mlp"], None, "family: 'mlp' is not one of"),
+        (["--sizes", "64"], None, "sizes: size '64' is not WIDTHxDEPTH"),
+        (["--sizes", "64x2,32x2", "--budgets", "1,1"], None, "hidden_dim shrinks"),
+        (["--budgets", "1,x"], None, "comma-separated numbers"),
+        (["--budgets", "1,1"], None, "budgets: 2 entries for 3 sizes"),
+        (["--unit", "hours"], None, "unit: 'hours' is not one of"),
+        ([], 'sizes = ["16x1"]\nbudgets = [1]\nlearning_rate = 3', "learning_rate: unknown field"),
+        ([], "lr = -1", "lr: must be positive"),
+        ([], "sizes = [", "not valid TOML"),
     ],
 )
-def test_grow_reports_bad_input_clearly(args, message, tmp_path) -> None:
-    result = runner.invoke(app, ["grow", *args, "--out", str(tmp_path), "--no-progress"])
-    assert result.exit_code != 0
-    assert message in " ".join(result.output.split())
-    assert not (tmp_path / "report.json").exists()
+def test_bad_input_is_one_clear_message_with_exit_code_2(args, toml, message, tmp_path) -> None:
+    if toml is not None:
+        (tmp_path / "c.toml").write_text(toml)
+        args = [*args, "--config", str(tmp_path / "c.toml")]
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["grow", *args, "--out", str(out), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert message in flat(result.output) and "Traceback" not in result.output
+    assert not out.exists()  # nothing written
+
+
+def test_plan_projects_the_ratio_without_training() -> None:
+    result = runner.invoke(app, ["plan", "--sizes", "16x1,32x2", "--budgets", "30,5", "--unit", "steps"])
+    assert result.exit_code == 0, result.output
+    assert "projected acceleration ratio" in flat(result.output) and "vit-32x2" in result.output
+
+
+def test_check_reports_exact_and_warm_start_growth() -> None:
+    exact = runner.invoke(app, ["check", "32x2", "48x3"])
+    assert exact.exit_code == 0 and "function kept" in flat(exact.output)
+    warm = runner.invoke(app, ["check", "32x2", "64x4", "--method", "compt"])
+    assert warm.exit_code == 0 and "function changed" in flat(warm.output)
+    bad = runner.invoke(app, ["check", "64x2", "32x2"])
+    assert bad.exit_code == 2 and "hidden_dim shrinks" in flat(bad.output)

@@ -1,0 +1,118 @@
+"""A run's configuration: from flags or a TOML file, validated before anything runs."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from comptlib.recipes import RECIPES, Recipe, parse_size
+
+
+class ConfigError(ValueError):
+    """A configuration value that is wrong, naming the field."""
+
+
+def _sizes(_: Any, __: Any, value: tuple[str, ...]) -> None:
+    if not value:
+        raise ConfigError("sizes: give at least one WIDTHxDEPTH")
+    for size in value:
+        try:
+            parse_size(size)
+        except ValueError as err:
+            raise ConfigError(f"sizes: {err}") from None
+
+
+def _budgets(instance: RunConfig, _: attrs.Attribute, value: tuple[float, ...]) -> None:
+    if len(value) != len(instance.sizes):
+        raise ConfigError(f"budgets: {len(value)} entries for {len(instance.sizes)} sizes")
+    if any(b < 0 for b in value):
+        raise ConfigError(f"budgets: must not be negative, got {list(value)}")
+
+
+def _in(*choices: str):
+    def check(_: Any, attribute: attrs.Attribute, value: str) -> None:
+        if value not in choices:
+            raise ConfigError(f"{attribute.name}: {value!r} is not one of {', '.join(choices)}")
+
+    return check
+
+
+def _positive(_: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{attribute.name}: must be positive, got {value}")
+
+
+def _floats(value: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    """Everything ``comptlib grow`` needs to run a chain; fields default to the family's recipe."""
+
+    family: str = attrs.field(validator=_in(*RECIPES))
+    sizes: tuple[str, ...] = attrs.field(converter=tuple, validator=_sizes)
+    budgets: tuple[float, ...] = attrs.field(converter=_floats, validator=_budgets)
+    unit: str = attrs.field(validator=_in("steps", "epochs"))
+    method: str = attrs.field(default="exact", validator=_in("exact", "compt"))
+    transfer: bool = True
+    lr: float = attrs.field(converter=float, validator=_positive)
+    batch_size: int = attrs.field(converter=int, validator=_positive)
+    seed: int = attrs.field(default=0, converter=int)
+    device: str = "auto"
+    checkpoint_every: int = attrs.field(default=50, converter=int)
+
+    @property
+    def recipe(self) -> Recipe:
+        return RECIPES[self.family]
+
+    @classmethod
+    def resolve(cls, file: Path | None = None, **flags: Any) -> RunConfig:
+        """Recipe defaults, overridden by the TOML ``file``, overridden by ``flags`` that are not None."""
+        values: dict[str, Any] = {}
+        if file is not None:
+            values = _read_toml(file)
+        values |= {k: v for k, v in flags.items() if v is not None}
+        family = values.get("family", "vit")
+        if family not in RECIPES:
+            raise ConfigError(f"family: {family!r} is not one of {', '.join(RECIPES)}")
+        recipe = RECIPES[family]
+        defaults = {
+            "family": family,
+            "sizes": recipe.sizes,
+            "budgets": recipe.budgets,
+            "unit": recipe.unit,
+            "lr": recipe.lr,
+            "batch_size": recipe.batch_size,
+        }
+        if "sizes" in values:
+            _sizes(None, None, tuple(values["sizes"]))
+        if "sizes" in values and "budgets" not in values and len(values["sizes"]) != len(recipe.budgets):
+            raise ConfigError(f"budgets: give one per size ({len(values['sizes'])} sizes)")
+        unknown = set(values) - {f.name for f in attrs.fields(cls)}
+        if unknown:
+            raise ConfigError(
+                f"{sorted(unknown)[0]}: unknown field; fields are {', '.join(f.name for f in attrs.fields(cls))}"
+            )
+        try:
+            return cls(**(defaults | values))
+        except (TypeError, ValueError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(str(err)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config: {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config: {path} is not valid TOML: {err}") from None
+    return data.get("chain", data)
