@@ -1,18 +1,22 @@
 """Real datasets that work offline, and loader helpers.
 
-Nothing here downloads: the digits come with scikit-learn. Any PyTorch
+Nothing here downloads: the digits come with scikit-learn, the text is the
+CPython standard library's own source. Any PyTorch
 ``DataLoader`` works with :class:`comptlib.Chain`; these are the built-in
 defaults for examples, tests and ``comptlib grow``.
 """
 
 from __future__ import annotations
 
+import os
+import sysconfig
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
 def load_digits(
@@ -89,3 +93,160 @@ def loader_length(loader: Iterable[Any]) -> int | None:
         return len(loader)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+# ---------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------
+
+DEFAULT_TEXT_BYTES = 2_000_000
+"""About 14,000 training sequences of 128 bytes: more than a tiny LM sees in
+minutes of CPU training, while loading and evaluation stay at a few seconds."""
+
+_STDLIB_SKIP = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages"})
+
+
+def _text_files(source: str | os.PathLike[str]) -> list[Path]:
+    """The files behind ``source``, in a reproducible order."""
+    if source == "stdlib":
+        root = Path(sysconfig.get_paths()["stdlib"])
+        return sorted(p for p in root.rglob("*.py") if _STDLIB_SKIP.isdisjoint(p.relative_to(root).parts[:-1]))
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(path).parts)
+        )
+    raise FileNotFoundError(f"no text file or folder at {path}")
+
+
+def load_text(source: str | os.PathLike[str] = "stdlib", *, max_bytes: int | None = None) -> str:
+    """A real text corpus that needs no network: ``"stdlib"`` or a text file or folder.
+
+    ``"stdlib"`` is every ``.py`` file of the running CPython's standard
+    library (about 12 MB), without its test directories and installed
+    packages. A folder gives all its files but hidden ones and binaries (any
+    file with a NUL byte). Files are read in sorted path order and concatenated,
+    so the text is the same on every run; reading stops once ``max_bytes``
+    UTF-8 bytes are in. Invalid UTF-8, and a character cut by ``max_bytes``,
+    are dropped, so the result never encodes to more than ``max_bytes``.
+    """
+    if max_bytes is not None and max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    parts, total = [], 0
+    for path in _text_files(source):
+        data = path.read_bytes()
+        if b"\0" in data:
+            continue
+        parts.append(data)
+        total += len(data)
+        if max_bytes is not None and total >= max_bytes:
+            break
+    if not parts:
+        raise ValueError(f"no text found in {source}")
+    return b"".join(parts)[:max_bytes].decode("utf-8", errors="ignore")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids 0-255, plus id 256 for padding when ``pad=True``.
+
+    Nothing to train or download, every string round-trips, and one token is
+    one byte, so a model's bits per token are its bits per byte.
+
+    >>> tok = ByteTokenizer()
+    >>> tok.encode("né").tolist(), tok.decode(tok.encode("né")), tok.vocab_size
+    ([110, 195, 169], 'né', 256)
+    """
+
+    def __init__(self, pad: bool = False) -> None:
+        self.pad_id: int | None = 256 if pad else None
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 if self.pad_id is None else 257
+
+    def encode(self, text: str) -> torch.Tensor:
+        """The UTF-8 bytes of ``text`` as a 1-D int64 tensor."""
+        return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        """The text of ``ids``, padding dropped; a byte sequence cut mid-character decodes to U+FFFD."""
+        values = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        return bytes(int(i) for i in values if int(i) != self.pad_id).decode("utf-8", errors="replace")
+
+
+class _Rows(Dataset):
+    """Equally long tensors served row by row as dicts, so a loader yields dict batches."""
+
+    def __init__(self, **columns: torch.Tensor) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: column[index] for name, column in self.columns.items()}
+
+
+def _windows(ids: torch.Tensor, seq_len: int, *, pad_tail: bool) -> _Rows:
+    """Non-overlapping ``seq_len`` windows of ``ids``; with ``pad_tail`` a partial last one is right-padded and masked.
+
+    ``num_bytes`` counts the bytes a row predicts (all its tokens but the
+    first), as :func:`comptlib.families.decoder_lm.evaluate_lm` expects.
+    """
+    rows = len(ids) // seq_len
+    if pad_tail and len(ids) - rows * seq_len > 1:  # a one-token tail predicts nothing
+        rows += 1
+    used = min(len(ids), rows * seq_len)
+    input_ids = torch.zeros(rows * seq_len, dtype=torch.long)
+    mask = torch.zeros(rows * seq_len, dtype=torch.long)
+    input_ids[:used], mask[:used] = ids[:used], 1
+    mask = mask.view(rows, seq_len)
+    return _Rows(input_ids=input_ids.view(rows, seq_len), attention_mask=mask, num_bytes=mask.sum(1) - 1)
+
+
+def text_loaders(
+    batch_size: int = 32,
+    *,
+    seq_len: int = 128,
+    max_bytes: int | None = DEFAULT_TEXT_BYTES,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    source: str | os.PathLike[str] = "stdlib",
+) -> tuple[DataLoader, DataLoader]:
+    """Byte-level LM loaders over :func:`load_text`: shuffled training and fixed-order held-out batches.
+
+    The held-out split is the contiguous last ``val_fraction`` of the byte
+    stream, so no training window overlaps it. Batches are dicts of
+    ``input_ids`` and ``attention_mask`` (batch, seq_len) and ``num_bytes``
+    (batch,). Training windows are all full; the held-out tail's last window
+    is padded, so every held-out byte but each window's first is scored.
+
+    >>> train, val = text_loaders(batch_size=4, seq_len=16, max_bytes=10_000)
+    >>> batch = next(iter(train))
+    >>> tuple(batch["input_ids"].shape), batch["num_bytes"].tolist()
+    ((4, 16), [15, 15, 15, 15])
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2 (a window predicts all its tokens but the first), got {seq_len}")
+    ids = ByteTokenizer().encode(load_text(source, max_bytes=max_bytes))
+    n_val = int(round(len(ids) * val_fraction))
+    split = len(ids) - n_val
+    train = _windows(ids[:split], seq_len, pad_tail=False)
+    val = _windows(ids[split:], seq_len, pad_tail=True)
+    if len(train) < batch_size or len(val) == 0:
+        raise ValueError(
+            f"{len(ids):,} bytes give {len(train)} training and {len(val)} held-out windows of {seq_len}: "
+            f"need at least batch_size={batch_size} and 1; raise max_bytes or lower seq_len"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen),
+        DataLoader(val, batch_size=batch_size),
+    )

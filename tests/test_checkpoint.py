@@ -75,7 +75,11 @@ def test_an_interrupted_chain_resumes_to_the_same_weights(tmp_path, loaders, ref
     resumed = chain(run, resume=True).fit(*loaders)
     assert [weights_hash(m) for m in resumed.models_] == reference
     assert not (run / "vit-1" / "partial.pt").exists()
-    steps = [e["step"] for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if e["model"] == "vit-1" and "loss" in e]
+    steps = [
+        e["step"]
+        for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if e["model"] == "vit-1" and "loss" in e
+    ]
     assert steps == [10, 20]  # no duplicated lines after the resume
 
 

@@ -32,29 +32,59 @@ VOCAB = 64
 TOL = 1e-5
 
 
-def llama(hidden: int = 32, inter: int = 48, layers: int = 2, heads: int = 4, kv: int = 2, head_dim: int = 8,
-          vocab: int = VOCAB, **kw) -> LlamaForCausalLM:
+def llama(
+    hidden: int = 32,
+    inter: int = 48,
+    layers: int = 2,
+    heads: int = 4,
+    kv: int = 2,
+    head_dim: int = 8,
+    vocab: int = VOCAB,
+    **kw,
+) -> LlamaForCausalLM:
     cfg = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, max_position_embeddings=64,
-        bos_token_id=None, eos_token_id=None, **kw,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=head_dim,
+        max_position_embeddings=64,
+        bos_token_id=None,
+        eos_token_id=None,
+        **kw,
     )
     return LlamaForCausalLM(cfg)
 
 
 def qwen2(hidden: int = 32, inter: int = 48, layers: int = 2, heads: int = 4, kv: int = 2) -> Qwen2ForCausalLM:
     cfg = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv, head_dim=8, max_position_embeddings=64,
-        bos_token_id=None, eos_token_id=None,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=8,
+        max_position_embeddings=64,
+        bos_token_id=None,
+        eos_token_id=None,
     )
     return Qwen2ForCausalLM(cfg)
 
 
 def gpt2(hidden: int = 32, layers: int = 2, heads: int = 2, inner: int | None = None, **kw) -> GPT2LMHeadModel:
     cfg = GPT2Config(
-        vocab_size=VOCAB, n_embd=hidden, n_layer=layers, n_head=heads, n_inner=inner, n_positions=32,
-        bos_token_id=None, eos_token_id=None, **kw,
+        vocab_size=VOCAB,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_inner=inner,
+        n_positions=32,
+        bos_token_id=None,
+        eos_token_id=None,
+        **kw,
     )
     return GPT2LMHeadModel(cfg)
 
@@ -128,8 +158,16 @@ def test_qwen2_width_and_depth_with_biases() -> None:
 
 def test_mistral_shares_the_llama_layout() -> None:
     torch.manual_seed(0)
-    cfg = {"vocab_size": VOCAB, "intermediate_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2,
-           "head_dim": 8, "sliding_window": None, "bos_token_id": None, "eos_token_id": None}
+    cfg = {
+        "vocab_size": VOCAB,
+        "intermediate_size": 48,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "sliding_window": None,
+        "bos_token_id": None,
+        "eos_token_id": None,
+    }
     source = perturb(MistralForCausalLM(MistralConfig(hidden_size=32, num_hidden_layers=2, **cfg)))
     target = MistralForCausalLM(MistralConfig(hidden_size=48, num_hidden_layers=3, **cfg))
     target, grower = grown(source, target)
@@ -253,8 +291,12 @@ def test_compt_gpt2_splits_packed_qkv() -> None:
     target, _ = grown(source, gpt2(hidden=48, heads=3, layers=4), method="compt")
     for j, block in enumerate(target.transformer.h):
         src = source.transformer.h[j // 2].attn.c_attn
-        for s_w, t_w, s_b, t_b in zip(src.weight.chunk(3, -1), block.attn.c_attn.weight.chunk(3, -1),
-                                      src.bias.chunk(3), block.attn.c_attn.bias.chunk(3)):
+        for s_w, t_w, s_b, t_b in zip(
+            src.weight.chunk(3, -1),
+            block.attn.c_attn.weight.chunk(3, -1),
+            src.bias.chunk(3),
+            block.attn.c_attn.bias.chunk(3),
+        ):
             assert torch.equal(t_w[:32, :32], s_w) and torch.equal(t_b[:32], s_b)  # Q->Q, K->K, V->V
 
 
@@ -285,7 +327,12 @@ def test_approximate_head_dim_under_rope() -> None:
         (lambda: llama(), lambda: llama(hidden=48, vocab=80), GrowthError, "vocab_size"),
         (lambda: llama(), lambda: gpt2(hidden=48), TypeError, "same model class"),
         (lambda: llama(), lambda: llama(hidden=48, tie_word_embeddings=True), GrowthError, "tie_word_embeddings"),
-        (lambda: llama(hidden=36, heads=9, kv=3), lambda: llama(hidden=40, heads=10, kv=5), GrowthError, "num_key_value_heads"),
+        (
+            lambda: llama(hidden=36, heads=9, kv=3),
+            lambda: llama(hidden=40, heads=10, kv=5),
+            GrowthError,
+            "num_key_value_heads",
+        ),
         (lambda: llama(), lambda: llama(), GrowthError, "not larger"),
     ],
     ids=["shrink", "depth_shrink", "vocab", "mixed", "tie", "gqa", "same"],

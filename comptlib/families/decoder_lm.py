@@ -32,7 +32,15 @@ import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import Grower, GrowthError, Method, require_growth
@@ -53,9 +61,23 @@ from comptlib.transferer import LogitKL
 Depth = Literal["interleave", "stack"]
 DEPTHS: tuple[str, ...] = ("interleave", "stack")
 
-_GROW = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers")
+_GROW = (
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "num_hidden_layers",
+)
 # Config entries that change the function in ways growth cannot compensate; absent ones compare as None.
-_SAME_CONFIG = ("hidden_act", "activation_function", "rope_parameters", "attention_bias", "mlp_bias", "tie_word_embeddings")
+_SAME_CONFIG = (
+    "hidden_act",
+    "activation_function",
+    "rope_parameters",
+    "attention_bias",
+    "mlp_bias",
+    "tie_word_embeddings",
+)
 _ROPE_TOLERANCE = 1e-6
 
 
@@ -122,13 +144,28 @@ def _gpt2_roles(model: GPT2LMHeadModel) -> _Roles:
         q, k, v = (_Proj(w, b) for w, b in zip(attn.c_attn.weight.T.chunk(3), attn.c_attn.bias.chunk(3)))
         blocks.append(
             _Block(
-                layer=layer, attn=attn, attn_norm=layer.ln_1, q=q, k=k, v=v, o=_conv1d(attn.c_proj),
-                mlp_norm=layer.ln_2, readers=(_conv1d(mlp.c_fc),), down=_conv1d(mlp.c_proj), packed=attn.c_attn,
+                layer=layer,
+                attn=attn,
+                attn_norm=layer.ln_1,
+                q=q,
+                k=k,
+                v=v,
+                o=_conv1d(attn.c_proj),
+                mlp_norm=layer.ln_2,
+                readers=(_conv1d(mlp.c_fc),),
+                down=_conv1d(mlp.c_proj),
+                packed=attn.c_attn,
             )
         )
     return _Roles(
-        embeds=(body.wte, body.wpe), layers=body.h, blocks=tuple(blocks), norm=body.ln_f, lm_head=model.lm_head,
-        rotary=None, mean_fill=True, eps_key="layer_norm_epsilon",
+        embeds=(body.wte, body.wpe),
+        layers=body.h,
+        blocks=tuple(blocks),
+        norm=body.ln_f,
+        lm_head=model.lm_head,
+        rotary=None,
+        mean_fill=True,
+        eps_key="layer_norm_epsilon",
     )
 
 
@@ -136,18 +173,29 @@ def _llama_roles(model: nn.Module) -> _Roles:
     body = model.model
     blocks = tuple(
         _Block(
-            layer=layer, attn=layer.self_attn, attn_norm=layer.input_layernorm,
-            q=_linear(layer.self_attn.q_proj), k=_linear(layer.self_attn.k_proj),
-            v=_linear(layer.self_attn.v_proj), o=_linear(layer.self_attn.o_proj),
+            layer=layer,
+            attn=layer.self_attn,
+            attn_norm=layer.input_layernorm,
+            q=_linear(layer.self_attn.q_proj),
+            k=_linear(layer.self_attn.k_proj),
+            v=_linear(layer.self_attn.v_proj),
+            o=_linear(layer.self_attn.o_proj),
             mlp_norm=layer.post_attention_layernorm,
-            readers=(_linear(layer.mlp.gate_proj), _linear(layer.mlp.up_proj)), down=_linear(layer.mlp.down_proj),
+            readers=(_linear(layer.mlp.gate_proj), _linear(layer.mlp.up_proj)),
+            down=_linear(layer.mlp.down_proj),
             packed=None,
         )
         for layer in body.layers
     )
     return _Roles(
-        embeds=(body.embed_tokens,), layers=body.layers, blocks=blocks, norm=body.norm, lm_head=model.lm_head,
-        rotary=body.rotary_emb, mean_fill=False, eps_key="rms_norm_eps",
+        embeds=(body.embed_tokens,),
+        layers=body.layers,
+        blocks=blocks,
+        norm=body.norm,
+        lm_head=model.lm_head,
+        rotary=body.rotary_emb,
+        mean_fill=False,
+        eps_key="rms_norm_eps",
     )
 
 
@@ -461,7 +509,9 @@ def lm_forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Outputs:
 
 
 @torch.no_grad()
-def evaluate_lm(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]], device: torch.device) -> dict[str, float]:
+def evaluate_lm(
+    model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]], device: torch.device
+) -> dict[str, float]:
     """Mean next-token loss (nats), perplexity and bits per byte over ``loader``, in eval mode.
 
     Bits per byte compares models across tokenizers: total nats / ln 2 / total
@@ -513,3 +563,108 @@ DECODER_LM = register_family(
         higher_is_better=False,
     )
 )
+
+
+# -- small builders -------------------------------------------------------------
+HEAD_DIM = 16
+"""Head size of the built-in builders: RoPE's frequencies depend on head_dim, so
+models meant to share a chain keep it fixed and grow by adding heads."""
+
+
+def _llama_layout(
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int | None,
+    num_kv_heads: int | None,
+    intermediate_size: int | None,
+    vocab_size: int,
+    max_position_embeddings: int,
+) -> dict[str, Any]:
+    """Config entries shared by the Llama-layout builders: head_dim 16, a SwiGLU MLP ~8/3 as wide
+    (rounded up to a multiple of 16, so ~2.7x), tied embeddings and no special tokens (bytes need none)."""
+    heads = num_heads or max(hidden_size // HEAD_DIM, 1)
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size or 16 * math.ceil(8 * hidden_size / 48),
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": num_kv_heads or heads,
+        "head_dim": HEAD_DIM,
+        "max_position_embeddings": max_position_embeddings,
+        "tie_word_embeddings": True,
+        "bos_token_id": None,
+        "eos_token_id": None,
+    }
+
+
+def build_llama(
+    hidden_size: int,
+    num_layers: int,
+    *,
+    num_heads: int | None = None,
+    num_kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    vocab_size: int = 256,
+    max_position_embeddings: int = 1024,
+) -> LlamaForCausalLM:
+    """A tiny Llama whose default vocabulary fits :class:`comptlib.data.ByteTokenizer`.
+
+    Heads default to ``hidden_size // 16`` and kv heads to as many (no GQA).
+
+    >>> build_llama(64, 2).config.intermediate_size
+    176
+    """
+    layout = _llama_layout(
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, vocab_size, max_position_embeddings
+    )
+    return LlamaForCausalLM(LlamaConfig(**layout))
+
+
+def build_qwen2(
+    hidden_size: int,
+    num_layers: int,
+    *,
+    num_heads: int | None = None,
+    num_kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    vocab_size: int = 256,
+    max_position_embeddings: int = 1024,
+) -> Qwen2ForCausalLM:
+    """A tiny Qwen2 (the Llama layout with Q/K/V biases), sized as :func:`build_llama`."""
+    layout = _llama_layout(
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, vocab_size, max_position_embeddings
+    )
+    return Qwen2ForCausalLM(Qwen2Config(**layout))
+
+
+def build_gpt2(
+    hidden_size: int,
+    num_layers: int,
+    *,
+    num_heads: int | None = None,
+    inner_size: int | None = None,
+    vocab_size: int = 256,
+    max_position_embeddings: int = 1024,
+    dropout: float = 0.0,
+) -> GPT2LMHeadModel:
+    """A tiny GPT-2 with head_dim 16, a 4x MLP, tied embeddings and byte-sized vocabulary.
+
+    Dropout defaults to 0 (GPT-2's own default is 0.1): tiny models trained
+    for minutes on megabytes of text underfit rather than overfit.
+    """
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=hidden_size,
+        n_layer=num_layers,
+        n_head=num_heads or max(hidden_size // HEAD_DIM, 1),
+        n_inner=inner_size or 4 * hidden_size,
+        n_positions=max_position_embeddings,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    return GPT2LMHeadModel(config)
