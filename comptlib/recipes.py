@@ -103,7 +103,7 @@ def _text(batch_size: int, seed: int) -> Loaders:
     return text_loaders(batch_size, seed=seed)
 
 
-_LM = {"budgets": (600.0, 120.0, 80.0), "unit": "steps", "lr": 3e-3, "batch_size": 32, "loaders": _text}
+_LM = {"budgets": (300.0, 56.0, 38.0), "unit": "steps", "lr": 3e-3, "batch_size": 32, "loaders": _text}
 _LM_DATA = "CPython standard library source, byte-level"
 
 RECIPES: dict[str, Recipe] = {
@@ -125,8 +125,8 @@ RECIPES: dict[str, Recipe] = {
         "digits 32x32",
         grower_options={"approximate": True},  # ConvNeXt width cannot grow exactly: see families/convnet.py
     ),
-    "llama": Recipe("decoder_lm", ("64x2", "128x4", "256x4"), build=_lm("llama"), data=_LM_DATA, **_LM),
-    "qwen2": Recipe("decoder_lm", ("64x2", "128x4", "256x4"), build=_lm("qwen2"), data=_LM_DATA, **_LM),
-    "gpt2": Recipe("decoder_lm", ("64x2", "128x4", "256x4"), build=_lm("gpt2"), data=_LM_DATA, **_LM),
+    "llama": Recipe("decoder_lm", ("32x2", "64x3", "128x4"), build=_lm("llama"), data=_LM_DATA, **_LM),
+    "qwen2": Recipe("decoder_lm", ("32x2", "64x3", "128x4"), build=_lm("qwen2"), data=_LM_DATA, **_LM),
+    "gpt2": Recipe("decoder_lm", ("32x2", "64x3", "128x4"), build=_lm("gpt2"), data=_LM_DATA, **_LM),
 }
 """Recipes by CLI name; the budgets keep the paper's 128:24:16 proportions."""
