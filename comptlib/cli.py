@@ -54,7 +54,9 @@ def _fail(message: str, debug: bool, err: BaseException | None = None) -> None:
 
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A TOML file with the run's fields (flags win).")]
-FamilyOpt = Annotated[Optional[str], typer.Option(help="vit, resnet, convnext, llama, qwen2 or gpt2 [default: vit].")]
+FamilyOpt = Annotated[
+    Optional[str], typer.Option(help="vit, resnet, convnext, clip, llama, qwen2 or gpt2 [default: vit].")
+]
 SizesOpt = Annotated[Optional[str], typer.Option(help="Sizes, smallest first, WIDTHxDEPTH,... [default: the recipe's]")]
 BudgetsOpt = Annotated[Optional[str], typer.Option(help="Budget per model, comma-separated, in --unit.")]
 UnitOpt = Annotated[Optional[str], typer.Option(help="Budget unit: epochs or steps.")]
@@ -201,7 +203,7 @@ def plan(
 def check(
     source: Annotated[str, typer.Argument(help="Source size WIDTHxDEPTH.")],
     target: Annotated[str, typer.Argument(help="Target size WIDTHxDEPTH.")],
-    family: Annotated[str, typer.Option(help="vit, resnet, convnext, llama, qwen2 or gpt2.")] = "vit",
+    family: Annotated[str, typer.Option(help="vit, resnet, convnext, clip, llama, qwen2 or gpt2.")] = "vit",
     method: Annotated[str, typer.Option(help="exact or compt.")] = "exact",
     seed: Annotated[int, typer.Option(help="Seed of both models' random init.")] = 0,
     debug: DebugOpt = False,

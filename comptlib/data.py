@@ -179,7 +179,7 @@ class ByteTokenizer:
         return bytes(int(i) for i in values if int(i) != self.pad_id).decode("utf-8", errors="replace")
 
 
-class _Rows(Dataset):
+class Rows(Dataset):
     """Equally long tensors served row by row as dicts, so a loader yields dict batches."""
 
     def __init__(self, **columns: torch.Tensor) -> None:
@@ -192,7 +192,7 @@ class _Rows(Dataset):
         return {name: column[index] for name, column in self.columns.items()}
 
 
-def _windows(ids: torch.Tensor, seq_len: int, *, pad_tail: bool) -> _Rows:
+def _windows(ids: torch.Tensor, seq_len: int, *, pad_tail: bool) -> Rows:
     """Non-overlapping ``seq_len`` windows of ``ids``; with ``pad_tail`` a partial last one is right-padded and masked.
 
     ``num_bytes`` counts the bytes a row predicts (all its tokens but the
@@ -206,7 +206,7 @@ def _windows(ids: torch.Tensor, seq_len: int, *, pad_tail: bool) -> _Rows:
     mask = torch.zeros(rows * seq_len, dtype=torch.long)
     input_ids[:used], mask[:used] = ids[:used], 1
     mask = mask.view(rows, seq_len)
-    return _Rows(input_ids=input_ids.view(rows, seq_len), attention_mask=mask, num_bytes=mask.sum(1) - 1)
+    return Rows(input_ids=input_ids.view(rows, seq_len), attention_mask=mask, num_bytes=mask.sum(1) - 1)
 
 
 def text_loaders(

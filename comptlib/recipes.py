@@ -88,6 +88,21 @@ def _lm(builder: str) -> Callable[[int, int], nn.Module]:
     return build
 
 
+def _clip(width: int, depth: int) -> nn.Module:
+    from comptlib.families.clip import build_clip
+    from comptlib.image_text import emoji_tokenizer
+
+    if width % 16:
+        raise ValueError(f"CLIP width {width} must be a multiple of 16 (head_dim 16)")
+    return build_clip(width, depth, vocab_size=emoji_tokenizer().vocab_size, patch_size=8)
+
+
+def _emoji(batch_size: int, seed: int) -> Loaders:
+    from comptlib.image_text import emoji_loaders
+
+    return emoji_loaders(batch_size, 32, seed, 0.2)
+
+
 def _digits(image_size: int) -> Callable[[int, int], Loaders]:
     def loaders(batch_size: int, seed: int) -> Loaders:
         from comptlib.data import digits_loaders
@@ -124,6 +139,17 @@ RECIPES: dict[str, Recipe] = {
         _digits(32),
         "digits 32x32",
         grower_options={"approximate": True},  # ConvNeXt width cannot grow exactly: see families/convnet.py
+    ),
+    "clip": Recipe(
+        "clip",
+        ("32x2", "64x3", "128x4"),
+        (300.0, 56.0, 38.0),
+        "steps",
+        2e-3,
+        64,
+        _clip,
+        _emoji,
+        "Noto Color Emoji 32x32 with their Unicode names (~1,300 pairs)",
     ),
     "llama": Recipe("decoder_lm", ("32x2", "64x3", "128x4"), build=_lm("llama"), data=_LM_DATA, **_LM),
     "qwen2": Recipe("decoder_lm", ("32x2", "64x3", "128x4"), build=_lm("qwen2"), data=_LM_DATA, **_LM),
