@@ -200,6 +200,52 @@ def plan(
 
 
 @app.command()
+def bench(
+    config: ConfigOpt = None,
+    family: FamilyOpt = None,
+    sizes: SizesOpt = None,
+    budgets: BudgetsOpt = None,
+    unit: UnitOpt = None,
+    method: MethodOpt = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps, for the curves.")] = 20,
+    out: Annotated[Path, typer.Option(help="Where bench.json and bench.png go.")] = Path("runs/bench"),
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    debug: DebugOpt = False,
+) -> None:
+    """Train the family both ways, as a chain and each model alone, and compare them side by side.
+
+    Writes bench.json and, with matplotlib installed (the plot extra), bench.png: the validation
+    metric against cumulative training FLOPs. Examples:
+
+        comptlib bench
+
+        comptlib bench --family resnet --out runs/resnet-bench
+    """
+    flags = {"family": family, "sizes": sizes, "budgets": budgets, "unit": unit, "method": method}
+    cfg = _config(config, debug, **flags, batch_size=batch_size, seed=seed)
+    chain = _chain(cfg, progress).set_params(eval_every=eval_every)
+    train, val = cfg.recipe.loaders(cfg.batch_size, cfg.seed)
+    try:
+        chain.validate(train)
+    except (ValueError, TypeError) as err:
+        _fail(str(err), debug, err)
+    from comptlib.bench import compare, fit_alone, format_table, plot
+    from comptlib.io import write_json
+
+    chain.fit(train, val)
+    settings = {k: chain.get_params()[k] for k in ("unit", "lr", "seed", "device", "progress", "eval_every")}
+    alone = fit_alone(chain.models, train, val, budget=cfg.budgets[0], names=chain.names, **settings)
+    result = compare(chain, alone)
+    write_json(out / "bench.json", {"config": cfg.to_dict(), "data": cfg.recipe.data, **result})
+    picture = plot(chain, alone, out / "bench.png")
+    typer.echo(format_table(result))
+    where = f"{out / 'bench.json'}" + (f" and {picture}" if picture else " (pip install matplotlib for bench.png)")
+    typer.echo(f"Wrote {where}")
+
+
+@app.command()
 def check(
     source: Annotated[str, typer.Argument(help="Source size WIDTHxDEPTH.")],
     target: Annotated[str, typer.Argument(help="Target size WIDTHxDEPTH.")],

@@ -93,3 +93,14 @@ def test_check_reports_exact_and_warm_start_growth() -> None:
     assert warm.exit_code == 0 and "function changed" in flat(warm.output)
     bad = runner.invoke(app, ["check", "64x2", "32x2"])
     assert bad.exit_code == 2 and "hidden_dim shrinks" in flat(bad.output)
+
+
+def test_bench_compares_the_chain_with_each_model_alone(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    args = ["bench", "--sizes", "16x1,32x1", "--budgets", "20,5", "--unit", "steps", "--eval-every", "10"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert [m["alone_steps"] for m in bench["models"]] == [20, 20] and bench["acceleration_ratio"] > 1
+    assert bench["models"][1]["grown"] == pytest.approx(bench["models"][0]["chain"])
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
