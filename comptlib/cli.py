@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from importlib.metadata import version as _version
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep, not spin, on shared cores
 
 app = typer.Typer(
     name="comptlib",

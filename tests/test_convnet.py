@@ -25,18 +25,8 @@ from comptlib.families.convnet import (
 )
 from comptlib.families.convnet import convnext as build_convnext
 
-torch.set_flush_denormal(True)
 EXACT = 1e-5
 BLOCKS = (BasicBlock, Bottleneck)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and OpenMP threads crawl when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def perturb(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -23,7 +23,7 @@ inflated, unevenly)::
     llama-d64-L3    167,360 |   3.307   3.241   2.846 |    56   300 |    0.32    1.59 |     14     60
     llama-d128-L4   836,736 |   3.241   3.171   2.948 |    38   300 |    0.97    7.13 |     30    354
     family                  |                         |             |    1.67    9.10 |     74    442
-    acceleration ratio (chain.report_, FLOPs): 5.45x; wall-time ratio: 6.01x
+    acceleration ratio (FLOPs): 5.45x; wall-time ratio: 6.01x
 
 With the paper's budgets the grown models train 56 and 38 steps against 300:
 the family costs 5.45x fewer FLOPs and each grown model improves on where
@@ -46,6 +46,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # on shared cores, spinning
 import torch
 
 from comptlib import Chain
+from comptlib.bench import compare, fit_alone, format_table
 from comptlib.chain import PAPER_BUDGETS
 from comptlib.data import DEFAULT_TEXT_BYTES, text_loaders
 from comptlib.families.decoder_lm import build_llama
@@ -85,37 +86,7 @@ def run(args: argparse.Namespace) -> tuple[Chain, list[Chain]]:
     chain = Chain(
         models, budgets=chain_budgets(args.steps, len(models)), baseline_budget=args.steps, names=names, **common
     ).fit(train, val)
-    alone = [Chain([m], budgets=[args.steps], names=[n], **common).fit(train, val) for m, n in zip(models, names)]
-    return chain, alone
-
-
-def table(chain: Chain, alone: list[Chain]) -> str:
-    """Per model: bits per byte (just after growth, after the chain stage, after training alone), steps,
-    FLOPs and seconds of the chain against training alone; family totals and ratios."""
-    metric = chain.report_["metric"]
-    lines = [
-        f"{'model':<14}{'params':>9} | {'held-out bits/byte':^23} | {'steps':^11} | "
-        f"{'train TFLOPs':^15} | {'wall s':^13}",
-        f"{'':<14}{'':>9} | {'grown':>7}{'chain':>8}{'alone':>8} | {'chain':>5}{'alone':>6} | "
-        f"{'chain':>7}{'alone':>8} | {'chain':>6}{'alone':>7}",
-    ]
-    for i, (row, record, lone) in enumerate(zip(chain.report_["models"], chain.history_, alone)):
-        solo = lone.report_["models"][0]
-        grown = f"{record['val'][0][metric]:>7.3f}" if i > 0 else f"{'-':>7}"
-        lines.append(
-            f"{row['name']:<14}{row['params']:>9,} | {grown}{row[metric]:>8.3f}{solo[metric]:>8.3f} | "
-            f"{row['steps']:>5}{solo['steps']:>6} | {row['flops'] / 1e12:>7.2f}{solo['flops'] / 1e12:>8.2f} | "
-            f"{row['wall_time']:>6.0f}{solo['wall_time']:>7.0f}"
-        )
-    chain_flops, alone_flops = chain.report_["chain_flops"], sum(lone.report_["chain_flops"] for lone in alone)
-    chain_time, alone_time = chain.report_["wall_time"], sum(lone.report_["wall_time"] for lone in alone)
-    lines += [
-        f"{'family':<14}{'':>9} | {'':>23} | {'':>11} | {chain_flops / 1e12:>7.2f}{alone_flops / 1e12:>8.2f} | "
-        f"{chain_time:>6.0f}{alone_time:>7.0f}",
-        f"acceleration ratio (chain.report_, FLOPs): {chain.report_['acceleration_ratio']:.2f}x; "
-        f"wall-time ratio: {alone_time / chain_time:.2f}x",
-    ]
-    return "\n".join(lines)
+    return chain, fit_alone(models, train, val, budget=args.steps, names=names, **common)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -126,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{len(SIZES)} Llamas on {args.max_bytes:,} bytes of CPython stdlib source, baseline {args.steps} steps "
         f"of {args.batch_size}x{args.seq_len} bytes, lr {args.lr:g}"
     )
-    print(table(chain, alone))
+    print(format_table(compare(chain, alone)))
 
 
 if __name__ == "__main__":
