@@ -65,6 +65,9 @@ BudgetsOpt = Annotated[Optional[str], typer.Option(help="Budget per model, comma
 UnitOpt = Annotated[Optional[str], typer.Option(help="Budget unit: epochs or steps.")]
 MethodOpt = Annotated[Optional[str], typer.Option(help="Growth: exact (function-preserving) or compt (the paper's).")]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Batch size.")]
+DataOpt = Annotated[
+    Optional[str], typer.Option(help="Your data instead of the built-in: an image folder, or a text file or folder.")
+]
 SeedOpt = Annotated[Optional[int], typer.Option(help="Random seed for models, data order and growth.")]
 DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
@@ -81,16 +84,20 @@ def _config(config: Path | None, debug: bool, **flags: Any):
         _fail(str(err), debug, err)
 
 
-def _chain(cfg, progress: bool, out: Path | None = None, resume: bool = False):
-    """The models and the Chain a config describes (models seeded by the config's seed)."""
+def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bool = False):
+    """The Chain a config describes (models seeded by the config's seed) and its loaders, validated."""
     import torch
 
     from comptlib import Chain
 
     torch.set_flush_denormal(True)
+    try:
+        train, val, options = cfg.recipe.data_loaders(cfg.batch_size, cfg.seed, cfg.data)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err), debug, err)
     torch.manual_seed(cfg.seed)
-    models = cfg.recipe.models(cfg.sizes)
-    return Chain(
+    models = cfg.recipe.models(cfg.sizes, **options)
+    chain = Chain(
         models,
         grower=cfg.recipe.grower(cfg.method),
         transferer="auto" if cfg.transfer else None,
@@ -105,6 +112,11 @@ def _chain(cfg, progress: bool, out: Path | None = None, resume: bool = False):
         checkpoint_every=cfg.checkpoint_every,
         resume=resume,
     )
+    try:
+        chain.validate(train)
+    except (ValueError, TypeError) as err:
+        _fail(str(err), debug, err)
+    return chain, train, val
 
 
 @app.command()
@@ -119,6 +131,7 @@ def grow(
         Optional[bool], typer.Option("--transfer/--no-transfer", help="Distil from the predecessor.")
     ] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the first model.")] = None,
+    data: DataOpt = None,
     batch_size: BatchOpt = None,
     seed: SeedOpt = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda[:N].")] = None,
@@ -145,16 +158,12 @@ def grow(
     """
     flags = {"family": family, "sizes": sizes, "budgets": budgets, "unit": unit, "method": method, "transfer": transfer}
     flags |= {"lr": lr, "batch_size": batch_size, "seed": seed, "device": device, "checkpoint_every": checkpoint_every}
+    flags["data"] = data
     cfg = _config(config, debug, **flags)
     earlier = out.exists() and any(out.iterdir())
     if earlier and not (resume or force):
         _fail(f"{out} holds an earlier run: pass --resume to continue it, or --force to overwrite it.", debug)
-    chain = _chain(cfg, progress, out, resume=resume)
-    train, val = cfg.recipe.loaders(cfg.batch_size, cfg.seed)
-    try:
-        chain.validate(train)
-    except (ValueError, TypeError) as err:
-        _fail(str(err), debug, err)
+    chain, train, val = _setup(cfg, progress, debug, out, resume=resume)
     if earlier and force and not resume:
         shutil.rmtree(out)
 
@@ -166,7 +175,9 @@ def grow(
     except KeyboardInterrupt:
         typer.echo(f"\nInterrupted. Continue from the last checkpoint in {out} with the same command and --resume.")
         raise typer.Exit(130) from None
-    write_json(out / "report.json", {"data": cfg.recipe.data, "report": chain.report_, "history": chain.history_})
+    write_json(
+        out / "report.json", {"data": cfg.data or cfg.recipe.data, "report": chain.report_, "history": chain.history_}
+    )
     _write_markdown(out / "report.md", chain.report_, cfg.recipe.data)
     _print_report(chain.report_)
     typer.echo(f"Models, checkpoints, metrics.jsonl, lineage.json and report.json are in {out}")
@@ -179,6 +190,7 @@ def plan(
     sizes: SizesOpt = None,
     budgets: BudgetsOpt = None,
     unit: UnitOpt = None,
+    data: DataOpt = None,
     batch_size: BatchOpt = None,
     seed: SeedOpt = None,
     debug: DebugOpt = False,
@@ -192,13 +204,9 @@ def plan(
         comptlib plan --family llama --sizes 64x2,128x4,256x4,512x8 --budgets 600,120,80,80
     """
     flags = {"family": family, "sizes": sizes, "budgets": budgets, "unit": unit, "batch_size": batch_size, "seed": seed}
-    cfg = _config(config, debug, **flags)
-    chain = _chain(cfg, progress=False)
-    train, _ = cfg.recipe.loaders(cfg.batch_size, cfg.seed)
-    try:
-        projected = chain.plan(train)
-    except (ValueError, TypeError) as err:
-        _fail(str(err), debug, err)
+    cfg = _config(config, debug, **flags, data=data)
+    chain, train, _ = _setup(cfg, False, debug)
+    projected = chain.plan(train)
     _print_plan(projected, cfg)
 
 
@@ -210,6 +218,7 @@ def bench(
     budgets: BudgetsOpt = None,
     unit: UnitOpt = None,
     method: MethodOpt = None,
+    data: DataOpt = None,
     batch_size: BatchOpt = None,
     seed: SeedOpt = None,
     eval_every: Annotated[int, typer.Option(help="Evaluate every N steps, for the curves.")] = 20,
@@ -227,13 +236,9 @@ def bench(
         comptlib bench --family resnet --out runs/resnet-bench
     """
     flags = {"family": family, "sizes": sizes, "budgets": budgets, "unit": unit, "method": method}
-    cfg = _config(config, debug, **flags, batch_size=batch_size, seed=seed)
-    chain = _chain(cfg, progress).set_params(eval_every=eval_every)
-    train, val = cfg.recipe.loaders(cfg.batch_size, cfg.seed)
-    try:
-        chain.validate(train)
-    except (ValueError, TypeError) as err:
-        _fail(str(err), debug, err)
+    cfg = _config(config, debug, **flags, batch_size=batch_size, seed=seed, data=data)
+    chain, train, val = _setup(cfg, progress, debug)
+    chain.set_params(eval_every=eval_every)
     from comptlib.bench import compare, fit_alone, format_table, plot
     from comptlib.io import write_json
 

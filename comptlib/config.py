@@ -63,6 +63,7 @@ class RunConfig:
     batch_size: int = attrs.field(converter=int, validator=_positive)
     seed: int = attrs.field(default=0, converter=int)
     device: str = "auto"
+    data: str | None = None
     checkpoint_every: int = attrs.field(default=50, converter=int)
 
     @property

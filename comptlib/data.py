@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 
 def load_digits(
@@ -63,6 +63,32 @@ def digits_loaders(
         DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen),
         DataLoader(val, batch_size=256),
     )
+
+
+def image_folder_loaders(
+    root: str | os.PathLike[str], image_size: int, batch_size: int = 64, *, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[DataLoader, DataLoader, int]:
+    """Loaders over a user's image folder (``root/<class>/<image>``, as torchvision's ``ImageFolder``).
+
+    Images are resized to ``image_size`` squares and standardised; the split
+    is random but seeded. Returns ``(train, val, num_classes)``.
+    """
+    from torchvision import datasets, transforms
+
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"data: no image folder at {root}")
+    transform = transforms.Compose(
+        [transforms.Resize((image_size, image_size)), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
+    )
+    folder = datasets.ImageFolder(str(root), transform=transform)
+    order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(int(round(len(folder) * val_fraction)), 1)
+    train, val = Subset(folder, order[n_val:]), Subset(folder, order[:n_val])
+    if len(train) < batch_size:
+        raise ValueError(f"data: {root} has {len(folder)} images, too few for batches of {batch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    loaders = DataLoader(train, batch_size, shuffle=True, drop_last=True, generator=gen), DataLoader(val, 256)
+    return (*loaders, len(folder.classes))
 
 
 def batch_size_of(batch: Any) -> int:

@@ -41,6 +41,25 @@ class Recipe:
     loaders: Callable[[int, int], Loaders]  # (batch_size, seed) -> (train, val)
     data: str
     grower_options: dict[str, Any] = attrs.field(factory=dict)
+    user_data: str | None = None  # what --data may point at: "images" (an image folder) or "text"
+    image_size: int = 0
+
+    def data_loaders(self, batch_size: int, seed: int, path: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+        """Train and held-out loaders, and what the models must be built with (``num_classes``).
+
+        ``path`` replaces the built-in data: an image folder (one sub-folder per
+        class) for image recipes, a text file or folder for language recipes.
+        """
+        if path is None:
+            return (*self.loaders(batch_size, seed), {})
+        from comptlib import data
+
+        if self.user_data == "images":
+            train, val, classes = data.image_folder_loaders(path, self.image_size, batch_size, seed=seed)
+            return train, val, {"num_classes": classes}
+        if self.user_data == "text":
+            return (*data.text_loaders(batch_size, seed=seed, source=path), {})
+        raise ValueError(f"data: the {self.family} recipe reads only its built-in data ({self.data})")
 
     def grower(self, method: str) -> Any:
         """What ``Chain(grower=...)`` gets: the method name, or the family's grower built with the recipe's options."""
@@ -50,31 +69,31 @@ class Recipe:
 
         return families()[self.family].grower(method, **self.grower_options)
 
-    def models(self, sizes: tuple[str, ...] | None = None) -> list[nn.Module]:
-        """Fresh models for ``sizes`` (default: the recipe's ladder)."""
-        return [self.build(*parse_size(s)) for s in sizes or self.sizes]
+    def models(self, sizes: tuple[str, ...] | None = None, **options: Any) -> list[nn.Module]:
+        """Fresh models for ``sizes`` (default: the recipe's ladder), built with ``options`` (``num_classes``)."""
+        return [self.build(*parse_size(s), **options) for s in sizes or self.sizes]
 
 
-def _vit(width: int, depth: int) -> nn.Module:
+def _vit(width: int, depth: int, num_classes: int = 10) -> nn.Module:
     from comptlib.families.vit import build_vit
 
     if width % 16:
         raise ValueError(f"ViT width {width} must be a multiple of 16 (head_dim 16)")
-    return build_vit(width, depth)
+    return build_vit(width, depth, num_classes=num_classes)
 
 
-def _resnet(width: int, depth: int) -> nn.Module:
+def _resnet(width: int, depth: int, num_classes: int = 10) -> nn.Module:
     from torchvision.models.resnet import BasicBlock
 
     from comptlib.families.convnet import resnet
 
-    return resnet(BasicBlock, [depth] * 3, [width, 2 * width, 4 * width], num_classes=10)
+    return resnet(BasicBlock, [depth] * 3, [width, 2 * width, 4 * width], num_classes=num_classes)
 
 
-def _convnext(width: int, depth: int) -> nn.Module:
+def _convnext(width: int, depth: int, num_classes: int = 10) -> nn.Module:
     from comptlib.families.convnet import convnext
 
-    return convnext([width, 2 * width, 4 * width], [depth, depth, 3 * depth], num_classes=10)
+    return convnext([width, 2 * width, 4 * width], [depth, depth, 3 * depth], num_classes=num_classes)
 
 
 def _lm(builder: str) -> Callable[[int, int], nn.Module]:
@@ -118,15 +137,42 @@ def _text(batch_size: int, seed: int) -> Loaders:
     return text_loaders(batch_size, seed=seed)
 
 
-_LM = {"budgets": (300.0, 56.0, 38.0), "unit": "steps", "lr": 3e-3, "batch_size": 32, "loaders": _text}
+_LM = {
+    "budgets": (300.0, 56.0, 38.0),
+    "unit": "steps",
+    "lr": 3e-3,
+    "batch_size": 32,
+    "loaders": _text,
+    "user_data": "text",
+}
 _LM_DATA = "CPython standard library source, byte-level"
 
 RECIPES: dict[str, Recipe] = {
     "vit": Recipe(
-        "vit", ("32x2", "64x4", "128x6"), (32.0, 6.0, 4.0), "epochs", 3e-3, 64, _vit, _digits(8), "digits 8x8"
+        "vit",
+        ("32x2", "64x4", "128x6"),
+        (32.0, 6.0, 4.0),
+        "epochs",
+        3e-3,
+        64,
+        _vit,
+        _digits(8),
+        "digits 8x8",
+        user_data="images",
+        image_size=8,
     ),
     "resnet": Recipe(
-        "resnet", ("8x1", "16x1", "32x2"), (16.0, 3.0, 2.0), "epochs", 3e-3, 64, _resnet, _digits(32), "digits 32x32"
+        "resnet",
+        ("8x1", "16x1", "32x2"),
+        (16.0, 3.0, 2.0),
+        "epochs",
+        3e-3,
+        64,
+        _resnet,
+        _digits(32),
+        "digits 32x32",
+        user_data="images",
+        image_size=32,
     ),
     "convnext": Recipe(
         "convnext",
@@ -139,6 +185,8 @@ RECIPES: dict[str, Recipe] = {
         _digits(32),
         "digits 32x32",
         grower_options={"approximate": True},  # ConvNeXt width cannot grow exactly: see families/convnet.py
+        user_data="images",
+        image_size=32,
     ),
     "clip": Recipe(
         "clip",

@@ -104,3 +104,24 @@ def test_bench_compares_the_chain_with_each_model_alone(tmp_path) -> None:
     assert [m["alone_steps"] for m in bench["models"]] == [20, 20] and bench["acceleration_ratio"] > 1
     assert bench["models"][1]["grown"] == pytest.approx(bench["models"][0]["chain"])
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grow_on_your_own_image_folder_and_text(tmp_path) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images[:300], digits.target[:300])):
+        if label < 3:  # three classes: the models are built with three outputs
+            (tmp_path / "img" / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray((image * 15).astype("uint8")).convert("RGB").save(tmp_path / "img" / str(label) / f"{i}.png")
+    args = ["grow", "--data", str(tmp_path / "img"), *TINY, "--batch-size", "16", "--out", str(tmp_path / "r1")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r1" / "report.json").read_text())["data"] == str(tmp_path / "img")
+    (tmp_path / "t.txt").write_text("def f(x):\n    return x + 1\n" * 2000)
+    args = ["grow", "--family", "gpt2", "--data", str(tmp_path / "t.txt"), "--sizes", "16x1,32x1", "--budgets", "4,2"]
+    result = runner.invoke(app, [*args, "--batch-size", "4", "--out", str(tmp_path / "r2"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    missing = runner.invoke(app, ["grow", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r3")])
+    assert missing.exit_code == 2 and "no image folder" in flat(missing.output) and not (tmp_path / "r3").exists()
