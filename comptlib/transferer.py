@@ -45,6 +45,8 @@ class Transferer(nn.Module, abc.ABC):
     or over the whole stage when it is ``None``.
     """
 
+    _hyperparameters: tuple[str, ...] = ()  # a subclass's own settings, shown in its repr (and so in checkpoints)
+
     def __init__(self, weight: float = 1.0, schedule: str = "constant", decay_steps: int | None = None) -> None:
         super().__init__()
         if schedule not in SCHEDULES:
@@ -72,8 +74,6 @@ class Transferer(nn.Module, abc.ABC):
         settings |= {k: getattr(self, k) for k in self._hyperparameters}
         return ", ".join(f"{k}={v!r}" for k, v in settings.items())
 
-    _hyperparameters: tuple[str, ...] = ()
-
     def setup(self, student: Outputs, teacher: Outputs, feature_map: torch.Tensor | None = None) -> None:
         """Build projectors from the shapes of a first batch of outputs (no-op by default)."""
 
@@ -95,6 +95,8 @@ class FeatureMSE(Transferer):
     map after exact growth, and a trainable ``Linear`` otherwise.
     """
 
+    _hyperparameters = ("normalize", "projector")
+
     def __init__(
         self,
         weight: float = 500.0,
@@ -109,7 +111,6 @@ class FeatureMSE(Transferer):
             raise ValueError(f"projector must be one of {PROJECTORS}, got {projector!r}")
         self.normalize = normalize
         self.projector = projector
-        self._hyperparameters = ("normalize", "projector")
         self.proj: nn.Linear | None = None
         self.register_buffer("fixed_map", None)
 
@@ -142,6 +143,8 @@ class FeatureMSE(Transferer):
 class LogitKL(Transferer):
     """KL(teacher || student) on temperature-softened logits, scaled by T^2."""
 
+    _hyperparameters = ("temperature",)
+
     def __init__(
         self,
         weight: float = 1.0,
@@ -154,7 +157,6 @@ class LogitKL(Transferer):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
-        self._hyperparameters = ("temperature",)
 
     def divergence(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
         s = _valid(student.logits, student.mask)
