@@ -123,7 +123,10 @@ def curves(chain: Chain, alone: Sequence[Chain]) -> dict[str, list[tuple[float, 
 
 
 def plot(chain: Chain, alone: Sequence[Chain], path: str | Path) -> Path | None:
-    """Draw :func:`curves` to a PNG; returns the path, or None without matplotlib (the ``plot`` extra)."""
+    """Draw :func:`curves` to a PNG; returns the path, or None without matplotlib (the ``plot`` extra).
+
+    With no ``alone`` runs it draws the chain alone (``comptlib grow``'s report).
+    """
     try:
         import matplotlib
         import matplotlib.ticker
@@ -147,7 +150,10 @@ def plot(chain: Chain, alone: Sequence[Chain], path: str | Path) -> Path | None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("cumulative training FLOPs")
     ax.set_ylabel(f"validation {chain.report_['metric']}")
-    ax.set_title(f"{chain.report_['family']}: chain ({chain.report_['acceleration_ratio']:.2f}x fewer FLOPs) vs alone")
+    title = (
+        f"{chain.report_['family']} chain: {chain.report_['acceleration_ratio']:.2f}x fewer FLOPs than training alone"
+    )
+    ax.set_title(title + (", side by side" if alone else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)

@@ -314,6 +314,8 @@ class Chain(BaseEstimator):
         )
         names = list(self.names) if self.names is not None else [f"{family.name}-{i}" for i in range(len(self.models))]
         run = Path(self.checkpoint_dir) if self.checkpoint_dir is not None else None
+        if run is not None:
+            run.mkdir(parents=True, exist_ok=True)
         data = fingerprint(train_loader)
         torch.manual_seed(self.seed)
         if getattr(train_loader, "generator", None) is not None:  # same seed, same data order, every fit

@@ -140,7 +140,7 @@ def finished_stage(folder: Path, sig: str) -> dict[str, Any] | None:
 
 def load_stage(folder: Path, model: nn.Module, record: dict[str, Any]) -> dict[str, Any]:
     """Load a finished stage's weights into ``model`` (checked against their hash); returns its saved state."""
-    _load_weights(_model_path(folder, model), model)
+    load_weights(_model_path(folder, model), model)
     if record.get("weights_sha256") != weights_hash(model):
         raise CheckpointError(f"{folder}: the weights do not match the hash recorded in {STAGE_FILE}")
     return _torch_load(folder / "state.pt")
@@ -167,8 +167,12 @@ def _torch_load(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot load checkpoint {path}: {err}") from None
 
 
-def _load_weights(path: Path, model: nn.Module) -> None:
-    """Load weights without running pickled code, with an error that names the mismatch."""
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load a safetensors file (or a ``save_pretrained`` folder's) into ``model``, running no pickled code.
+
+    A file that is not safetensors, or weights that do not fit, raise
+    :class:`CheckpointError` naming the file and the mismatch.
+    """
     try:
         if path.is_dir():
             from safetensors.torch import load_file

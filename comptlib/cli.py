@@ -106,7 +106,7 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
         lr=cfg.lr,
         device=cfg.device,
         seed=cfg.seed,
-        names=[f"{cfg.family}-{s}" for s in cfg.sizes],
+        names=[s if s in cfg.recipe.presets else f"{cfg.family}-{s}" for s in cfg.sizes],
         progress=progress,
         checkpoint_dir=None if out is None else str(out),
         checkpoint_every=cfg.checkpoint_every,
@@ -178,7 +178,10 @@ def grow(
     write_json(
         out / "report.json", {"data": cfg.data or cfg.recipe.data, "report": chain.report_, "history": chain.history_}
     )
-    _write_markdown(out / "report.md", chain.report_, cfg.recipe.data)
+    from comptlib.bench import plot
+
+    picture = plot(chain, [], out / "report.png")
+    _write_markdown(out / "report.md", chain.report_, cfg.data or cfg.recipe.data, picture)
     _print_report(chain.report_)
     typer.echo(f"Models, checkpoints, metrics.jsonl, lineage.json and report.json are in {out}")
 
@@ -260,13 +263,21 @@ def check(
     family: Annotated[str, typer.Option(help="vit, resnet, convnext, clip, llama, qwen2 or gpt2.")] = "vit",
     method: Annotated[str, typer.Option(help="exact or compt.")] = "exact",
     seed: Annotated[int, typer.Option(help="Seed of both models' random init.")] = 0,
+    weights: Annotated[
+        Optional[Path],
+        typer.Option(help="The source's trained weights: a safetensors file or a save_pretrained folder."),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Grow a SOURCE model into a TARGET and print the function-preservation report.
 
+    Without --weights the source's random init is perturbed, as training would move it.
+
     Examples:
 
         comptlib check 64x4 96x6
+
+        comptlib check 32x2 64x4 --weights runs/default/vit-32x2/model.safetensors
 
         comptlib check 64x2 128x4 --family llama --method compt
     """
@@ -282,7 +293,15 @@ def check(
         grower.validate(small, large)
     except (ValueError, TypeError) as err:
         _fail(f"{source} -> {target}: {err}", debug, err)
-    _perturb(small)
+    if weights is None:
+        _perturb(small)
+    else:
+        from comptlib.checkpoint import CheckpointError, load_weights
+
+        try:
+            load_weights(weights, small)
+        except CheckpointError as err:
+            _fail(str(err), debug, err)
     grower.grow(small, large)
     train, _ = cfg.recipe.loaders(4, seed)
     report = grower.check(small, large, _inputs(next(iter(train))))
@@ -381,7 +400,7 @@ def _print_check(source: dict[str, int], target: dict[str, int], report) -> None
     console.print(f"max |diff| {report.max_abs:.3g}, relative {report.max_rel:.3g}: {verdict}")
 
 
-def _write_markdown(path: Path, report: dict[str, Any], data: str) -> None:
+def _write_markdown(path: Path, report: dict[str, Any], data: str, picture: Path | None) -> None:
     from comptlib.io import atomic_write
 
     metric = report["metric"]
@@ -402,4 +421,6 @@ def _write_markdown(path: Path, report: dict[str, Any], data: str) -> None:
         f"{report['independent_flops']:.3g}. **Acceleration ratio {report['acceleration_ratio']:.2f}x.**",
         "",
     ]
+    if picture is not None:
+        lines += [f"![validation {metric} against cumulative training FLOPs]({picture.name})", ""]
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))

@@ -8,21 +8,25 @@ from typing import Any
 
 import attrs
 
-from comptlib.recipes import RECIPES, Recipe, parse_size
+from comptlib.recipes import RECIPES, Recipe
 
 
 class ConfigError(ValueError):
     """A configuration value that is wrong, naming the field."""
 
 
-def _sizes(_: Any, __: Any, value: tuple[str, ...]) -> None:
-    if not value:
+def _check_sizes(family: str, sizes: tuple[str, ...]) -> None:
+    if not sizes:
         raise ConfigError("sizes: give at least one WIDTHxDEPTH")
-    for size in value:
+    for size in sizes:
         try:
-            parse_size(size)
+            RECIPES[family].size(size)
         except ValueError as err:
             raise ConfigError(f"sizes: {err}") from None
+
+
+def _sizes(instance: RunConfig, _: Any, value: tuple[str, ...]) -> None:
+    _check_sizes(instance.family, value)
 
 
 def _budgets(instance: RunConfig, _: attrs.Attribute, value: tuple[float, ...]) -> None:
@@ -90,7 +94,7 @@ class RunConfig:
             "batch_size": recipe.batch_size,
         }
         if "sizes" in values:
-            _sizes(None, None, tuple(values["sizes"]))
+            _check_sizes(family, tuple(values["sizes"]))
         if "sizes" in values and "budgets" not in values and len(values["sizes"]) != len(recipe.budgets):
             raise ConfigError(f"budgets: give one per size ({len(values['sizes'])} sizes)")
         unknown = set(values) - {f.name for f in attrs.fields(cls)}

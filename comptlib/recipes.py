@@ -43,6 +43,21 @@ class Recipe:
     grower_options: dict[str, Any] = attrs.field(factory=dict)
     user_data: str | None = None  # what --data may point at: "images" (an image folder) or "text"
     image_size: int = 0
+    presets: dict[str, dict[str, int]] = attrs.field(factory=dict)  # named sizes: keyword arguments of build
+
+    def size(self, text: str) -> dict[str, int]:
+        """Keyword arguments of ``build`` for a size: a preset name or ``WIDTHxDEPTH``."""
+        if text in self.presets:
+            return self.presets[text]
+        try:
+            width, depth = parse_size(text)
+        except ValueError:
+            if self.presets:
+                raise ValueError(
+                    f"size {text!r} is neither WIDTHxDEPTH nor a preset ({', '.join(self.presets)})"
+                ) from None
+            raise
+        return {"width": width, "depth": depth}
 
     def data_loaders(self, batch_size: int, seed: int, path: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
         """Train and held-out loaders, and what the models must be built with (``num_classes``).
@@ -71,7 +86,7 @@ class Recipe:
 
     def models(self, sizes: tuple[str, ...] | None = None, **options: Any) -> list[nn.Module]:
         """Fresh models for ``sizes`` (default: the recipe's ladder), built with ``options`` (``num_classes``)."""
-        return [self.build(*parse_size(s), **options) for s in sizes or self.sizes]
+        return [self.build(**self.size(s), **options) for s in sizes or self.sizes]
 
 
 def _vit(width: int, depth: int, num_classes: int = 10) -> nn.Module:
@@ -122,6 +137,23 @@ def _emoji(batch_size: int, seed: int) -> Loaders:
     return emoji_loaders(batch_size, 32, seed, 0.2)
 
 
+def _paper_vit(width: int, depth: int, num_heads: int, mlp_dim: int, num_classes: int = 10) -> nn.Module:
+    from comptlib.families.vit import build_vit
+
+    return build_vit(
+        width, depth, num_heads=num_heads, mlp_dim=mlp_dim, image_size=224, patch_size=16, num_classes=num_classes
+    )
+
+
+_PAPER_VITS = {
+    "vit-t": {"width": 192, "depth": 12, "num_heads": 3, "mlp_dim": 768},
+    "vit-s": {"width": 384, "depth": 12, "num_heads": 6, "mlp_dim": 1536},
+    "vit-b": {"width": 768, "depth": 12, "num_heads": 12, "mlp_dim": 3072},
+    "vit-l": {"width": 1024, "depth": 24, "num_heads": 16, "mlp_dim": 4096},
+}
+"""The paper's ViT-T/S/B/L/16 (torchvision's shapes for S, B and L)."""
+
+
 def _digits(image_size: int) -> Callable[[int, int], Loaders]:
     def loaders(batch_size: int, seed: int) -> Loaders:
         from comptlib.data import digits_loaders
@@ -160,6 +192,20 @@ RECIPES: dict[str, Recipe] = {
         "digits 8x8",
         user_data="images",
         image_size=8,
+    ),
+    "vit-paper": Recipe(
+        "vit",
+        tuple(_PAPER_VITS),
+        (128.0, 24.0, 16.0, 16.0),
+        "epochs",
+        1e-3,
+        2,
+        _paper_vit,
+        _digits(224),
+        "digits upsampled to 224x224 (a stand-in: the paper used CC3M)",
+        user_data="images",
+        image_size=224,
+        presets=_PAPER_VITS,
     ),
     "resnet": Recipe(
         "resnet",

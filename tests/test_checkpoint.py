@@ -136,3 +136,15 @@ def test_a_killed_process_resumes_bit_exactly(tmp_path, reference) -> None:
     proc.wait()
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == reference
+
+
+def test_inserting_a_middle_model_reuses_the_stages_before_it(tmp_path, loaders) -> None:
+    run, names = tmp_path / "run", ["small", "middle", "large"]
+    small, middle, large = family()
+    settings = {"unit": "steps", "progress": False, "checkpoint_dir": str(run)}
+    Chain([small, large], budgets=[30, 20], names=["small", "large"], **settings).fit(*loaders)
+    stamp = (run / "small" / "stage.json").stat().st_mtime_ns
+    longer = Chain([small, middle, large], budgets=[30, 20, 20], names=names, resume=True, **settings).fit(*loaders)
+    assert (run / "small" / "stage.json").stat().st_mtime_ns == stamp  # reused, not retrained
+    assert [e["parent"] for e in json.loads((run / "lineage.json").read_text())] == [None, "small", "middle"]
+    assert len(longer.models_) == 3 and longer.history_[2]["parent"] == "middle"

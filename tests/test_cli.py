@@ -38,6 +38,10 @@ def test_grow_writes_a_complete_run_directory(tmp_path) -> None:
         out / "report.md"
     ).read_text()
     load_model(build_vit(32, 2), str(out / "vit-32x2" / "model.safetensors"))  # a plain torchvision ViT loads it
+    checked = runner.invoke(app, ["check", "32x2", "48x3", "--weights", str(out / "vit-32x2" / "model.safetensors")])
+    assert checked.exit_code == 0 and "function kept" in flat(checked.output)
+    wrong = runner.invoke(app, ["check", "16x1", "48x3", "--weights", str(out / "vit-32x2" / "model.safetensors")])
+    assert wrong.exit_code == 2 and "model.safetensors" in flat(wrong.output)
 
     again = runner.invoke(app, ["grow", *TINY, "--out", str(out)])
     assert again.exit_code == 2 and "--resume" in flat(again.output) and "--force" in flat(again.output)
@@ -114,7 +118,9 @@ def test_grow_on_your_own_image_folder_and_text(tmp_path) -> None:
     for i, (image, label) in enumerate(zip(digits.images[:300], digits.target[:300])):
         if label < 3:  # three classes: the models are built with three outputs
             (tmp_path / "img" / str(label)).mkdir(parents=True, exist_ok=True)
-            Image.fromarray((image * 15).astype("uint8")).convert("RGB").save(tmp_path / "img" / str(label) / f"{i}.png")
+            Image.fromarray((image * 15).astype("uint8")).convert("RGB").save(
+                tmp_path / "img" / str(label) / f"{i}.png"
+            )
     args = ["grow", "--data", str(tmp_path / "img"), *TINY, "--batch-size", "16", "--out", str(tmp_path / "r1")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -125,3 +131,17 @@ def test_grow_on_your_own_image_folder_and_text(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     missing = runner.invoke(app, ["grow", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r3")])
     assert missing.exit_code == 2 and "no image folder" in flat(missing.output) and not (tmp_path / "r3").exists()
+
+
+def test_the_papers_vit_presets_are_torchvisions_shapes() -> None:
+    from torchvision.models import vit_b_16
+
+    from comptlib.config import ConfigError, RunConfig
+    from comptlib.families.vit import vit_dims
+
+    cfg = RunConfig.resolve(family="vit-paper", sizes=("vit-s", "vit-b"), budgets=(24, 16))
+    small, base = cfg.recipe.models(cfg.sizes)
+    assert vit_dims(base) == vit_dims(vit_b_16(num_classes=10))
+    assert vit_dims(small)["hidden_dim"] == 384 and vit_dims(small)["num_heads"] == 6
+    with pytest.raises(ConfigError, match="neither WIDTHxDEPTH nor a preset"):
+        RunConfig.resolve(family="vit-paper", sizes=("vit-h",), budgets=(1,))
