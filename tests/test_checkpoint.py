@@ -122,7 +122,6 @@ print(*[weights_hash(m) for m in fitted.models_])
 """
 
 
-@pytest.mark.slow
 def test_a_killed_process_resumes_bit_exactly(tmp_path, reference) -> None:
     run = tmp_path / "run"
     script = SCRIPT.format(tests=str(Path(__file__).parent), run=str(run))

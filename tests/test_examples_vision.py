@@ -26,7 +26,7 @@ def _example(name: str) -> ModuleType:
         ("convnet_chain", ["--family", "resnet"], ("resnet-8x1", "resnet-16x1", "resnet-32x2")),
         ("convnet_chain", ["--family", "convnext"], ("convnext-16x1", "convnext-32x1", "convnext-64x2")),
         ("vit_chain", [], ("vit-32x2", "vit-64x4", "vit-128x6")),
-        pytest.param("clip_chain", [], ("clip-32x2", "clip-64x3", "clip-128x4"), marks=pytest.mark.slow),
+        ("clip_chain", [], ("clip-32x2", "clip-64x3", "clip-128x4")),
     ],
 )
 def test_smoke_prints_comparison(name: str, args: list[str], models: tuple[str, ...], capsys) -> None:
