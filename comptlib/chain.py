@@ -95,6 +95,13 @@ class Chain(BaseEstimator):
         schedule of model 0 (``warmup`` is a fraction of the stage's steps).
     grown_lr_scale, grown_warmup : peak-LR multiplier and warm-up fraction for
         grown models: a full re-warm erases what growth inherited.
+    eval_every : evaluate on the validation loader every N steps too (0: only
+        right after growth and at the end of each stage).
+    device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...
+    seed : seeds the global RNG and the training loader's generator, so the
+        same settings give the same models and data order.
+    names, progress, copy : model names in reports and checkpoints; rich
+        progress bars; train copies of ``models`` (True) or the models given.
     checkpoint_dir, checkpoint_every, resume : with a directory, each finished
         stage is saved there (plus ``metrics.jsonl`` and ``lineage.json``), and
         mid-stage state every ``checkpoint_every`` steps; ``resume=True`` reuses
