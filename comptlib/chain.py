@@ -108,9 +108,15 @@ class Chain(BaseEstimator):
         finished stages whose lineage is unchanged and continues a stage left
         mid-way, to the bit on CPU.
 
-    Fitted attributes: ``models_`` (trained models), ``history_`` (per stage:
-    losses, validation metrics, wall time, FLOPs), ``ledger_`` and ``report_``.
+    Attributes
+    ----------
+    models_ : the trained models, smallest first.
+    history_ : per stage, the loss curves, validation metrics, wall time and FLOPs.
+    ledger_ : the measured :class:`~comptlib.ledger.Ledger`.
+    report_ : a JSON-ready summary with the acceleration ratio.
 
+    Examples
+    --------
     >>> from torchvision.models import VisionTransformer
     >>> from comptlib.data import digits_loaders
     >>> vit = lambda d, L: VisionTransformer(8, 2, num_layers=L, num_heads=2, hidden_dim=d, mlp_dim=2 * d, num_classes=10)
