@@ -39,7 +39,7 @@ FONT_CACHE = Path("~/.cache/comptlib/emoji")
 """Where :data:`EMOJI_INSTALL` unpacks the Debian package, without root."""
 
 EMOJI_INSTALL = (
-    "cd /tmp && apt-get download fonts-noto-color-emoji && "
+    "mkdir -p ~/.cache/comptlib/emoji /tmp/emoji-deb && cd /tmp/emoji-deb && apt-get download fonts-noto-color-emoji && "
     "dpkg-deb -x fonts-noto-color-emoji_*.deb ~/.cache/comptlib/emoji"
 )
 """The install step: no root, nothing installed system-wide (``apt-get install fonts-noto-color-emoji`` works too)."""
