@@ -35,6 +35,7 @@ from comptlib.checkpoint import (
 from comptlib.data import batch_size_of, loader_length, to_device
 from comptlib.family import Family, family_of
 from comptlib.grower import METHODS, Grower, GrowthError
+from comptlib.inherit import attach_lora, inherited_masks, merge_lora
 from comptlib.io import atomic_write, write_json
 from comptlib.ledger import Ledger, StageCost, count_flops
 from comptlib.transferer import Transferer, freeze
@@ -102,6 +103,10 @@ class Chain(BaseEstimator):
         same settings give the same models and data order.
     names, progress, copy : model names in reports and checkpoints; rich
         progress bars; train copies of ``models`` (True) or the models given.
+    inherited, lora_rank : ``"full"`` trains a grown model's inherited weights
+        like its new ones; ``"lora"`` moves the inherited entries of its
+        ``nn.Linear`` weights only through a rank-``lora_rank`` update (merged
+        back after the stage) and trains the new entries fully.
     checkpoint_dir, checkpoint_every, resume : with a directory, each finished
         stage is saved there (plus ``metrics.jsonl`` and ``lineage.json``), and
         mid-stage state every ``checkpoint_every`` steps; ``resume=True`` reuses
@@ -153,6 +158,8 @@ class Chain(BaseEstimator):
         checkpoint_dir: str | None = None,
         checkpoint_every: int = 0,
         resume: bool = False,
+        inherited: str = "full",
+        lora_rank: int = 8,
     ) -> None:
         self.models = models
         self.grower = grower
@@ -178,6 +185,8 @@ class Chain(BaseEstimator):
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
         self.resume = resume
+        self.inherited = inherited
+        self.lora_rank = lora_rank
 
     def __repr__(self) -> str:
         kinds = ", ".join(type(m).__name__ for m in self.models)
@@ -271,6 +280,10 @@ class Chain(BaseEstimator):
         for name in ("lr", "grown_lr_scale"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.inherited not in ("full", "lora"):
+            raise ValueError(f"inherited must be 'full' or 'lora', got {self.inherited!r}")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be positive, got {self.lora_rank}")
         for name in ("warmup", "grown_warmup", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -387,6 +400,7 @@ class Chain(BaseEstimator):
             "grad_clip": self.grad_clip,
             "seed": self.seed,
             "trained": not (i == 0 and self.first_trained),
+            "inherited": f"lora-{self.lora_rank}" if grown and self.inherited == "lora" else "full",
         }
 
     def _run_stage(
@@ -408,6 +422,10 @@ class Chain(BaseEstimator):
             fmap = growers[i - 1].feature_map(teacher, student)
             transfer = transferers[i - 1]
         settings = self._stage_settings(i)
+        adapted = i > 0 and self.inherited == "lora"
+        if adapted:
+            masks = inherited_masks(growers[i - 1], teacher, copy.deepcopy(self.models[i]).to(device))
+            attach_lora(student, masks, self.lora_rank)
         train = settings["trained"]
         record: dict[str, Any] = {"name": name, "params": _num_params(student), "steps": total, "val": []}
         partial = load_partial(ctx.folder, ctx.sig) if self.resume and ctx.folder is not None else None
@@ -503,6 +521,8 @@ class Chain(BaseEstimator):
                 }
                 save_partial(ctx.folder, state)
         elapsed = time.perf_counter() - start
+        if adapted:
+            merge_lora(student)
         if task is not None and not train:
             ctx.bar.update(task, completed=1)
         if teacher is not None:
