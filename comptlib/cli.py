@@ -258,8 +258,8 @@ def bench(
 
 @app.command()
 def check(
-    source: Annotated[str, typer.Argument(help="Source size WIDTHxDEPTH.")],
-    target: Annotated[str, typer.Argument(help="Target size WIDTHxDEPTH.")],
+    source: Annotated[str, typer.Argument(help="Source: WIDTHxDEPTH, or a save_pretrained folder (its weights).")],
+    target: Annotated[str, typer.Argument(help="Target: WIDTHxDEPTH, or a transformers config.json or folder.")],
     family: Annotated[str, typer.Option(help="vit, resnet, convnext, clip, llama, qwen2 or gpt2.")] = "vit",
     method: Annotated[str, typer.Option(help="exact or compt.")] = "exact",
     seed: Annotated[int, typer.Option(help="Seed of both models' random init.")] = 0,
@@ -280,22 +280,26 @@ def check(
         comptlib check 32x2 64x4 --weights runs/default/vit-32x2/model.safetensors
 
         comptlib check 64x2 128x4 --family llama --method compt
+
+        comptlib check runs/llama/llama-32x2/model bigger/config.json --family llama
     """
-    cfg = _config(None, debug, family=family, sizes=f"{source},{target}", budgets="1,1", seed=seed, method=method)
+    hub = [_transformers_model(arg, pretrained=i == 0, debug=debug) for i, arg in enumerate((source, target))]
+    sizes = ",".join("1x1" if model is not None else arg for model, arg in zip(hub, (source, target)))
+    cfg = _config(None, debug, family=family, sizes=sizes, budgets="1,1", seed=seed, method=method)
     import torch
 
     from comptlib.family import family_of
 
     torch.manual_seed(seed)
-    small, large = cfg.recipe.models(cfg.sizes)
+    small, large = (m if m is not None else cfg.recipe.models((arg,))[0] for m, arg in zip(hub, (source, target)))
     grower = family_of(small).grower(method, **cfg.recipe.grower_options)
     try:
         grower.validate(small, large)
     except (ValueError, TypeError) as err:
         _fail(f"{source} -> {target}: {err}", debug, err)
-    if weights is None:
+    if weights is None and hub[0] is None:
         _perturb(small)
-    else:
+    elif weights is not None:
         from comptlib.checkpoint import CheckpointError, load_weights
 
         try:
@@ -306,6 +310,23 @@ def check(
     train, _ = cfg.recipe.loaders(4, seed)
     report = grower.check(small, large, _inputs(next(iter(train))))
     _print_check(family_of(small).dims(small), family_of(large).dims(large), report)
+
+
+def _transformers_model(arg: str, pretrained: bool, debug: bool):
+    """A transformers model from a local config.json or save_pretrained folder; None for a WIDTHxDEPTH size."""
+    path = Path(arg)
+    if not path.exists():
+        return None
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        if config.architectures:
+            cls = getattr(transformers, config.architectures[0])
+            return cls.from_pretrained(str(path), local_files_only=True) if pretrained else cls(config)
+        return transformers.AutoModelForCausalLM.from_config(config)  # a bare config: a causal LM by default
+    except Exception as err:  # a folder or file transformers cannot read: say which
+        _fail(f"{arg}: not a transformers config or checkpoint ({err})", debug, err)
 
 
 def _perturb(model) -> None:

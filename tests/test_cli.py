@@ -145,3 +145,22 @@ def test_the_papers_vit_presets_are_torchvisions_shapes() -> None:
     assert vit_dims(small)["hidden_dim"] == 384 and vit_dims(small)["num_heads"] == 6
     with pytest.raises(ConfigError, match="neither WIDTHxDEPTH nor a preset"):
         RunConfig.resolve(family="vit-paper", sizes=("vit-h",), budgets=(1,))
+
+
+def test_check_grows_a_saved_transformers_model_into_a_config(tmp_path) -> None:
+    import torch
+
+    from comptlib.families.decoder_lm import build_llama
+
+    torch.manual_seed(0)
+    source = build_llama(32, 1)
+    source.save_pretrained(tmp_path / "src")
+    build_llama(64, 2).config.save_pretrained(tmp_path / "tgt")
+    result = runner.invoke(
+        app, ["check", str(tmp_path / "src"), str(tmp_path / "tgt" / "config.json"), "--family", "llama"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "function kept" in flat(result.output) and "hidden_size" in result.output
+    (tmp_path / "bad.json").write_text("{")
+    bad = runner.invoke(app, ["check", str(tmp_path / "src"), str(tmp_path / "bad.json"), "--family", "llama"])
+    assert bad.exit_code == 2 and "not a transformers config" in flat(bad.output)
