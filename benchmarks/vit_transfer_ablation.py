@@ -10,16 +10,8 @@ It prints, per setting, the final held-out accuracy of each model of
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import time
-
-import torch
-
-from comptlib import Chain, FeatureMSE
-from comptlib.recipes import RECIPES
+from benchmarks._recipe_settings import compare_settings
+from comptlib import FeatureMSE
 
 SETTINGS = {
     "default (FeatureMSE 500, grown LR x0.5)": {},
@@ -29,20 +21,5 @@ SETTINGS = {
     "grown LR x1, decaying FeatureMSE": {"grown_lr_scale": 1.0, "transferer": FeatureMSE(schedule="linear")},
 }
 
-
-def main() -> None:
-    torch.set_flush_denormal(True)
-    recipe = RECIPES["vit"]
-    train, val = recipe.loaders(recipe.batch_size, 0)
-    for label, settings in SETTINGS.items():
-        torch.manual_seed(0)
-        start = time.perf_counter()
-        chain = Chain(
-            recipe.models(), budgets=list(recipe.budgets), unit=recipe.unit, lr=recipe.lr, progress=False, **settings
-        ).fit(train, val)
-        accuracy = [round(h["val"][-1]["accuracy"], 3) for h in chain.history_]
-        print(f"{label:<45} {accuracy}  ({time.perf_counter() - start:.0f} s)", flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    compare_settings("vit", SETTINGS)
