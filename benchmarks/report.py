@@ -135,7 +135,11 @@ def _family_section(name: str, ladder: dict[str, Any], image: str) -> list[str]:
     lines += [
         "",
         f"**Acceleration ratio {_pm(family['ratio'], 2)}x in FLOPs, {_pm(family['wall_ratio'], 2)}x in wall time**"
-        + (f" (paper, CC3M: {target[0]}; target: {target[1]}x, {'met' if ratio >= target[1] else 'missed'})." if target else "."),
+        + (
+            f" (paper, CC3M: {target[0]}; target: {target[1]}x, {'met' if ratio >= target[1] else 'missed'})."
+            if target
+            else "."
+        ),
         f"Every grown model within one std of its baseline or better: **{'yes' if family['matched'] else 'no'}**.",
         "",
     ]

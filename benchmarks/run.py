@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle 
 
 import argparse
 import datetime
+import json
 import platform
 import statistics
 import time
@@ -58,6 +59,8 @@ class Ladder:
     budgets: tuple[int, ...]
     eval_every: int
     ablate: bool = False
+    batch_size: int | None = None  # default: the recipe's
+    val_batches: int | None = None  # held-out batches evaluated (default: all)
 
     def __attrs_post_init__(self) -> None:
         if len(self.budgets) != len(self.sizes):
@@ -76,12 +79,15 @@ class Suite:
 
 # Widths double at each step, as in the paper (ViT-T/S/B: 192/384/768); the largest model costs
 # 10-50x the smallest per sample (ViT-B/ViT-T: 14x, ViT-L/ViT-T: 49x). Budgets: 128:24:16:16 epochs
-# over 4 (digits: 22 steps an epoch), the recipes' steps for the ResNet and the LM.
+# over 4 (digits: 22 steps an epoch), the recipes' steps for the ResNet and the LM. The LM trains on
+# batches of 16 x 128 bytes and is evaluated on 32 batches spread over its held-out tail (65 KB).
 LADDERS: dict[str, Ladder] = {
-    "vit-3": Ladder("vit-3", "vit", ("32x4", "64x4", "128x4"), (704, 132, 88), 11, ablate=True),
-    "vit-4": Ladder("vit-4", "vit", ("16x4", "32x4", "64x4", "128x4"), (704, 132, 88, 88), 11),
+    "vit-3": Ladder("vit-3", "vit", ("32x2", "64x2", "128x2"), (704, 132, 88), 11, ablate=True),
+    "vit-4": Ladder("vit-4", "vit", ("16x2", "32x2", "64x2", "128x2"), (704, 132, 88, 88), 11),
     "resnet-3": Ladder("resnet-3", "resnet", ("8x1", "16x1", "32x1"), (352, 66, 44), 11),
-    "llama-3": Ladder("llama-3", "llama", ("16x2", "32x3", "64x4"), (300, 56, 38), 10, ablate=True),
+    "llama-3": Ladder(
+        "llama-3", "llama", ("16x2", "32x3", "64x4"), (300, 56, 38), 10, ablate=True, batch_size=16, val_batches=32
+    ),
 }
 
 SUITES: dict[str, Suite] = {
@@ -129,12 +135,14 @@ def _seeded_model(recipe: str, size: str, seed: int) -> nn.Module:
     return RECIPES[recipe].models((size,))[0]
 
 
-def _loaders(recipe: str, val_batches: int | None) -> Loaders:
+def _loaders(ladder: Ladder, val_batches: int | None) -> Loaders:
     """The recipe's data with a fixed split (seed 0): seeds vary the init and the batch order only."""
-    spec = RECIPES[recipe]
-    train, val = spec.loaders(spec.batch_size, 0)
-    if val_batches is not None:
-        val = [batch for _, batch in zip(range(val_batches), val)]
+    spec = RECIPES[ladder.recipe]
+    train, val = spec.loaders(ladder.batch_size or spec.batch_size, 0)
+    limits = [n for n in (ladder.val_batches, val_batches) if n is not None]
+    if limits:  # evenly spaced over the held-out set, so it still covers all of it
+        batches = list(val)
+        val = batches[:: max(len(batches) // min(limits), 1)][: min(limits)]
     return train, val
 
 
@@ -168,7 +176,7 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, alone_cache: dict[tuple,
     spec = RECIPES[ladder.recipe]
     budgets = [max(int(round(b * suite.scale)), 2) for b in ladder.budgets]
     every = max(int(round(ladder.eval_every * suite.scale)), 1)
-    train, val = _loaders(ladder.recipe, suite.val_batches)
+    train, val = _loaders(ladder, suite.val_batches)
     names = [f"{ladder.recipe}-{s}" for s in ladder.sizes]
     common = {"unit": "steps", "lr": spec.lr, "grower": spec.grower("exact")}
     result: dict[str, Any] = {"sizes": ladder.sizes, "budgets": budgets, "eval_every": every, "seeds": {}}
@@ -177,7 +185,7 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, alone_cache: dict[tuple,
     for seed in suite.seeds:  # baselines first: the budget search needs their mean final metric
         alone[seed] = []
         for size, name in zip(ladder.sizes, names):
-            key = (ladder.recipe, size, seed, budgets[0], suite.val_batches)
+            key = (ladder.recipe, size, seed, budgets[0], ladder.batch_size, ladder.val_batches, suite.val_batches)
             if key not in alone_cache:
                 start = time.perf_counter()
                 model = _seeded_model(ladder.recipe, size, seed)
@@ -186,7 +194,9 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, alone_cache: dict[tuple,
                 log(f"{ladder.name} seed {seed}: {name} alone ({time.perf_counter() - start:.0f} s)")
             alone[seed].append(alone_cache[key])
     metric = alone[suite.seeds[0]][0].report_["metric"]
-    targets = [statistics.mean(alone[s][i].report_["models"][0][metric] for s in suite.seeds) for i in range(len(names))]
+    targets = [
+        statistics.mean(alone[s][i].report_["models"][0][metric] for s in suite.seeds) for i in range(len(names))
+    ]
 
     for seed in suite.seeds:
         start = time.perf_counter()
@@ -258,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ladders", help=f"comma-separated subset of {', '.join(LADDERS)}")
     parser.add_argument("--seeds", help="comma-separated seeds [default: the suite's]")
     parser.add_argument("--out", type=Path, help="output directory [default: benchmarks/results/SUITE]")
+    parser.add_argument("--merge", action="store_true", help="keep the other ladders of an earlier OUT/results.json")
     parser.add_argument(
         "--docs", type=Path, nargs="?", const=Path("docs"), help="also write DOCS/benchmarks.md and its plots [docs]"
     )
@@ -282,11 +293,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     results: dict[str, Any] = {"suite": args.suite, "command": command.strip(), "machine": machine(), "ladders": {}}
     results["settings"] = attrs.asdict(suite)
+    earlier = out / "results.json"
+    if args.merge and earlier.exists():  # e.g. one ladder rerun: the others stay as they were
+        old = json.loads(earlier.read_text())
+        results["ladders"] = {k: v for k, v in old["ladders"].items() if k not in suite.ladders}
+        results["command"] = f"{old['command']}; {results['command']}"
+        results["settings"]["ladders"] = tuple(dict.fromkeys([*old["settings"]["ladders"], *suite.ladders]))
+        began -= old["elapsed"]
     alone_cache: dict[tuple, Chain] = {}
     for name in suite.ladders:
         results["ladders"][name] = run_ladder(LADDERS[name], suite, out, alone_cache, log)
-    results["elapsed"] = time.perf_counter() - began
-    write_json(out / "results.json", results)
+        results["elapsed"] = time.perf_counter() - began
+        write_json(earlier, results)  # after every ladder: a crash loses one ladder at most
 
     from benchmarks.report import write_report
 

@@ -97,7 +97,9 @@ class Chain(BaseEstimator):
     lr, weight_decay, betas, warmup, min_lr_ratio, grad_clip : optimiser and
         schedule of model 0 (``warmup`` is a fraction of the stage's steps).
     grown_lr_scale, grown_warmup : peak-LR multiplier and warm-up fraction for
-        grown models: a full re-warm erases what growth inherited.
+        grown models. The defaults (the first model's peak, re-warmed over 5 %)
+        won the ablation in ``docs/benchmarks.md``: lower peaks keep more of the
+        inherited function early but end worse at the paper's short budgets.
     eval_every : evaluate on the validation loader every N steps too (0: only
         right after growth and at the end of each stage).
     targets : budget search: one validation metric per model (or ``None``);
@@ -153,7 +155,7 @@ class Chain(BaseEstimator):
         warmup: float = 0.05,
         min_lr_ratio: float = 0.0,
         grad_clip: float | None = 1.0,
-        grown_lr_scale: float = 0.5,
+        grown_lr_scale: float = 1.0,
         grown_warmup: float = 0.05,
         eval_every: int = 0,
         targets: Sequence[float | None] | None = None,

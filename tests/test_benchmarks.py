@@ -40,9 +40,11 @@ def test_ablations_cover_init_transfer_lr_and_the_middle_model(quick) -> None:
     results = json.loads((quick / "out" / "results.json").read_text())
     for name in ("vit-3", "llama-3"):
         rows = results["ladders"][name]["seeds"]["0"]["ablations"]
-        assert {"default", "init: compt (paper's warm start)", "init: none (distil only)", "transfer: none"} <= set(rows)
-        assert "grown LR x0.5, re-warm" not in rows  # the defaults: the "default" row
-        assert {"grown LR x1, no re-warm", "grown LR x0.25, re-warm"} <= set(rows)
+        assert {"default", "init: compt (paper's warm start)", "init: none (distil only)", "transfer: none"} <= set(
+            rows
+        )
+        assert "grown LR x1, re-warm" not in rows  # the defaults: the "default" row
+        assert {"grown LR x0.5, re-warm", "grown LR x0.25, no re-warm"} <= set(rows)
         assert [m["name"] for m in rows["no middle model"]["models"]] == [
             f"{LADDERS[name].recipe}-{s}" for s in LADDERS[name].sizes[::2]
         ]
