@@ -231,3 +231,27 @@ def test_bf16_autocast_and_a_bf16_teacher_train_on_cpu() -> None:
     assert all(p.dtype == torch.float32 for m in fitted.models_ for p in m.parameters())  # bf16 only inside
     assert all(torch.isfinite(torch.tensor(r["loss"])).all() for r in fitted.history_)
     assert fitted.history_[1]["settings"]["precision"] == "'bf16'"  # part of the checkpoint lineage
+
+
+def test_the_cli_refuses_bad_scale_out_flags() -> None:
+    from typer.testing import CliRunner
+
+    from comptlib.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["grow", "--precision", "fp8", "--no-progress"])
+    assert bad.exit_code == 2 and "precision: 'fp8' is not one of fp32, bf16, fp16" in bad.output
+    assert runner.invoke(app, ["grow", "--nproc", "0"]).exit_code == 2
+
+
+@pytest.mark.slow
+def test_the_cli_trains_on_two_processes(tmp_path) -> None:  # about a minute: two fresh interpreters import comptlib
+    import subprocess
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "comptlib", "grow", "--nproc", "2", "--sizes", "16x1,32x1", "--budgets", "10,5"]
+    cmd += ["--unit", "steps", "--batch-size", "16", "--no-progress", "--out", str(out)]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    subprocess.run(cmd, check=True, env=env, timeout=300)
+    report = json.loads((out / "report.json").read_text())["report"]
+    assert report["baseline_samples"] == 10 * 32  # two ranks of 16
