@@ -611,7 +611,7 @@ class Chain(BaseEstimator):
         if task is not None and not train:
             ctx.bar.update(task, completed=1)
         if teacher is not None:
-            _unfreeze(teacher)
+            _unfreeze(teacher.to(device))
         if not reached:
             _evaluate(ctx, student, record, done if train else 0)
             reached = target is not None and _reaches(ctx.family, record["val"][-1], target)

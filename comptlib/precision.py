@@ -54,10 +54,12 @@ class Precision:
         return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
 
     def teacher(self, model: nn.Module) -> nn.Module:
-        """The teacher the stage runs: ``model`` itself, or a bf16 copy of it."""
+        """The teacher the stage runs: ``model`` itself, or a bf16 copy (``model`` waits on the CPU meanwhile)."""
         if self.teacher_dtype is None:
             return model
-        return copy.deepcopy(model).to(_DTYPES[self.teacher_dtype])
+        run = copy.deepcopy(model).to(_DTYPES[self.teacher_dtype])
+        model.to("cpu")
+        return run
 
     def teacher_autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = self.teacher_dtype or self.precision
