@@ -33,11 +33,13 @@ from comptlib.checkpoint import (
     weights_hash,
 )
 from comptlib.data import batch_size_of, loader_length, to_device
+from comptlib.distributed import STRATEGIES, Trainee, World, resolve_device, session, shard_loader
 from comptlib.family import Family, family_of
 from comptlib.grower import METHODS, Grower, GrowthError
 from comptlib.inherit import attach_lora, inherited_masks, merge_lora
 from comptlib.io import atomic_write, write_json
 from comptlib.ledger import Ledger, StageCost, count_flops
+from comptlib.precision import Precision, check_precision, usable
 from comptlib.transferer import Transferer, freeze
 
 UNITS = ("steps", "epochs")
@@ -106,7 +108,19 @@ class Chain(BaseEstimator):
         a stage stops at the first evaluation (every ``eval_every`` steps)
         that reaches its target, and its budget is then only a cap. The
         ledger counts the steps actually trained.
-    device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...
+    device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...;
+        under torchrun, ``"auto"`` and ``"cuda"`` mean each rank's own GPU.
+    precision : ``"fp32"``; ``"bf16"`` (autocast, GPU or CPU); ``"fp16"``
+        (autocast with a GradScaler, GPU only). Weights and AdamW stay fp32.
+    teacher_dtype : ``None`` (the teacher runs like the student) or ``"bf16"``
+        (a bf16 copy of the teacher: half its memory and faster forwards).
+    compile : ``torch.compile`` the student's training step.
+    strategy : under several processes (torchrun, or an initialised process
+        group), how the student is spread: ``"ddp"`` (a replica per rank) or
+        ``"fsdp"`` (FSDP2 ``fully_shard``, for students too big for one
+        device). The training loader's batch size is then per rank; a loader
+        without a ``DistributedSampler`` is sharded with one seeded by
+        ``seed``. Rank 0 writes checkpoints and shows progress.
     seed : seeds the global RNG and the training loader's generator, so the
         same settings give the same models and data order.
     names, progress, copy : model names in reports and checkpoints; rich
@@ -169,6 +183,10 @@ class Chain(BaseEstimator):
         resume: bool = False,
         inherited: str = "full",
         lora_rank: int = 8,
+        precision: str = "fp32",
+        teacher_dtype: str | None = None,
+        compile: bool = False,
+        strategy: str = "ddp",
     ) -> None:
         self.models = models
         self.grower = grower
@@ -197,6 +215,10 @@ class Chain(BaseEstimator):
         self.resume = resume
         self.inherited = inherited
         self.lora_rank = lora_rank
+        self.precision = precision
+        self.teacher_dtype = teacher_dtype
+        self.compile = compile
+        self.strategy = strategy
 
     def __repr__(self) -> str:
         kinds = ", ".join(type(m).__name__ for m in self.models)
@@ -294,6 +316,13 @@ class Chain(BaseEstimator):
             raise ValueError(f"inherited must be 'full' or 'lora', got {self.inherited!r}")
         if self.lora_rank < 1:
             raise ValueError(f"lora_rank must be positive, got {self.lora_rank}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile must be True or False, got {self.compile!r}")
+        check_precision(self.precision, self.teacher_dtype, resolve_device(self.device))
+        if self.precision == "fp16" and self.strategy == "fsdp":
+            raise ValueError("precision='fp16' with strategy='fsdp' is not supported; use precision='bf16'")
         for name in ("warmup", "grown_warmup", "min_lr_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -350,16 +379,23 @@ class Chain(BaseEstimator):
 
     # -- training ------------------------------------------------------------
     def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None) -> Chain:
-        """Train the chain; returns ``self`` with ``models_``, ``history_``, ``ledger_``, ``report_``."""
+        """Train the chain; returns ``self`` with ``models_``, ``history_``, ``ledger_``, ``report_``.
+
+        Under torchrun (or in an initialised process group) every rank calls
+        ``fit`` and trains data-parallel; every rank ends with the same models.
+        """
+        self._validate(train_loader)  # the settings, before any process group is joined
+        with session(self.device) as (world, device):
+            self._fit(shard_loader(train_loader, world, self.seed, device.type == "cuda"), val_loader, world, device)
+        return self
+
+    def _fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None, world: World, device) -> None:
         family, growers, transferers, steps, baseline_steps = self._validate(train_loader)
         if self.targets is not None and val_loader is None:
             raise ValueError("targets are validation metrics: fit needs a val_loader")
-        device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
-        )
         names = list(self.names) if self.names is not None else [f"{family.name}-{i}" for i in range(len(self.models))]
         run = Path(self.checkpoint_dir) if self.checkpoint_dir is not None else None
-        if run is not None:
+        if run is not None and world.main:
             run.mkdir(parents=True, exist_ok=True)
         data = fingerprint(train_loader)
         torch.manual_seed(self.seed)
@@ -371,12 +407,14 @@ class Chain(BaseEstimator):
         self.history_: list[dict[str, Any]] = []
         costs: list[StageCost] = []
         parent: str | None = None
-        with _progress(self.progress) as bar:
+        with _progress(self.progress and world.main) as bar:
             for i, template in enumerate(self.models):
                 student = (copy.deepcopy(template) if self.copy else template).to(device)
                 link = {"grower": repr(growers[i - 1]), "transfer": repr(transferers[i - 1])} if i else {}
                 settings = {"name": names[i], "dims": dict(family.dims(student)), "steps": steps[i], "data": data}
                 settings |= link | {k: repr(v) for k, v in self._stage_settings(i).items()}
+                if world.distributed:  # another global batch and data order: another lineage
+                    settings["world_size"] = world.size
                 sig = signature(settings, parent)
                 folder = run / names[i] if run is not None else None
                 record = finished_stage(folder, sig) if self.resume and folder is not None else None
@@ -388,25 +426,25 @@ class Chain(BaseEstimator):
                     stream.restore(state["stream"])
                     torch.set_rng_state(state["rng"])
                 else:
-                    ctx = _Context(family, device, stream, val_loader, bar, folder, sig)
-                    record = self._run_stage(i, ctx, student, growers, transferers, steps[i], names[i])
+                    ctx = _Context(family, device, stream, val_loader, bar, folder, sig, world)
+                    record, student = self._run_stage(i, ctx, student, growers, transferers, steps[i], names[i])
                     record |= {"signature": sig, "parent": names[i - 1] if i else None, "settings": settings}
                     record["weights_sha256"] = weights_hash(student)
-                    if folder is not None:
+                    if folder is not None and world.main:
                         save_stage(folder, student, record, _stage_state(stream))
                 costs.append(StageCost(**record["cost"]))
                 self.models_.append(student.eval())
                 self.history_.append(record)
                 parent = sig
-                if run is not None:
+                if run is not None and world.main:
                     write_json(run / "lineage.json", [_lineage(r) for r in self.history_])
+        world.barrier()  # every file is written before any rank returns
 
         baseline_samples = baseline_steps * self.history_[0]["batch_size"]
         if self.first_trained:  # model 0 was trained elsewhere: count it at the baseline budget
             costs[0] = StageCost(costs[0].name, costs[0].student_flops, 0.0, baseline_samples)
         self.ledger_ = Ledger(tuple(costs))
         self.report_ = self._report(family, baseline_samples)
-        return self
 
     def _stage_settings(self, i: int) -> dict[str, Any]:
         """The optimiser settings stage ``i`` trains with (part of its checkpoint signature)."""
@@ -422,7 +460,12 @@ class Chain(BaseEstimator):
             "trained": not (i == 0 and self.first_trained),
             "inherited": f"lora-{self.lora_rank}" if grown and self.inherited == "lora" else "full",
             "target": self.targets[i] if self.targets is not None else None,
-        }
+        } | self._numerics()
+
+    def _numerics(self) -> dict[str, Any]:
+        """Precision settings that change the numbers trained (only when set: older lineages stay valid)."""
+        numerics = {"precision": self.precision} if self.precision != "fp32" else {}
+        return numerics | ({"teacher_dtype": self.teacher_dtype} if self.teacher_dtype is not None else {})
 
     def _run_stage(
         self,
@@ -433,9 +476,9 @@ class Chain(BaseEstimator):
         transferers: list[Transferer | None],
         total: int,
         name: str,
-    ) -> dict[str, Any]:
-        """Grow model ``i`` from its predecessor (if any) and train it; returns its history record."""
-        family, device = ctx.family, ctx.device
+    ) -> tuple[dict[str, Any], nn.Module]:
+        """Grow model ``i`` from its predecessor (if any) and train it; returns its history record and the model."""
+        family, device, world = ctx.family, ctx.device, ctx.world
         teacher, transfer, fmap = None, None, None
         if i > 0:
             teacher = freeze(self.models_[i - 1])
@@ -451,30 +494,36 @@ class Chain(BaseEstimator):
         train = settings["trained"]
         record: dict[str, Any] = {"name": name, "params": _num_params(student), "steps": total, "val": []}
         partial = load_partial(ctx.folder, ctx.sig) if self.resume and ctx.folder is not None else None
-        if ctx.folder is not None:
+        if ctx.folder is not None and world.main:
             _trim_metrics(ctx.folder.parent, name, partial["progress"]["step"] if partial else -1)
         if i > 0 and partial is None:
             _evaluate(ctx, student, record, 0)
 
-        params = list(student.parameters())
         first = to_device(next(ctx.stream), device)
-        record["batch_size"] = batch_size_of(first)
+        record["batch_size"] = batch_size_of(first) * world.size  # the global batch
         if transfer is not None:
             transfer.to(device)
             with torch.no_grad():
                 transfer.setup(family.forward(student, first), family.forward(teacher, first), fmap)
-            params += list(transfer.parameters())
+            world.broadcast(transfer)  # one projector init on every rank
+        amp = Precision(self.precision, self.teacher_dtype, device)
+        teacher_run = amp.teacher(teacher) if teacher is not None else None
+        trainee = Trainee(student, family.forward, world, device, self.strategy, self.compile)
+        params = trainee.parameters()
+        transfer_params = list(transfer.parameters()) if transfer is not None else []
+        params += transfer_params
         opt = _optimizer(params, settings["lr"], self.weight_decay, self.betas)
         warmup = int(round(settings["warmup"] * total))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup, self.min_lr_ratio))
 
         progress = {"step": 0, "loss": [], "transfer_loss": [], "samples": 0, "flops": [0.0, 0.0], "elapsed": 0.0}
         if partial is not None:  # continue a stage an earlier run left mid-way
-            student.load_state_dict(partial["student"])
+            trainee.load_state_dict(partial["student"])
             if transfer is not None:
                 transfer.load_state_dict(partial["transfer"])
-            opt.load_state_dict(partial["optimizer"])
+            trainee.load_optimizer_state_dict(opt, partial["optimizer"])
             sched.load_state_dict(partial["scheduler"])
+            amp.load_state_dict(partial.get("scaler", {}))
             ctx.stream.restore(partial["stream"])
             torch.set_rng_state(partial["rng"])
             progress = partial["progress"]
@@ -492,41 +541,47 @@ class Chain(BaseEstimator):
             n = batch_size_of(batch)
             counting = step == 0
             t_out = None
-            if teacher is not None:
-                with count_flops() if counting else nullcontext() as counter, torch.no_grad():
-                    t_out = family.forward(teacher, batch)
+            if teacher_run is not None:
+                with count_flops() if counting else nullcontext() as counter, torch.inference_mode():
+                    with amp.teacher_autocast():
+                        t_out = family.forward(teacher_run, batch)
+                t_out = usable(t_out)
                 if counting:
                     progress["flops"][1] = counter.get_total_flops() / n
             with count_flops() if counting else nullcontext() as counter:
-                out = family.forward(student, batch)
-                loss = out.loss
-                if transfer is not None:
-                    extra = transfer(out, t_out, step, total)
-                    transfer_losses.append(extra.detach())
-                    loss = loss + extra
-                loss.backward()
+                with amp.autocast():
+                    out = trainee(batch, eager=counting)
+                    loss = out.loss
+                    if transfer is not None:
+                        extra = transfer(out, t_out, step, total)
+                        transfer_losses.append(extra.detach())
+                        loss = loss + extra
+                amp.backward(loss)
             if counting:
                 progress["flops"][0] = counter.get_total_flops() / n
             if not train:  # a pre-trained first model: one measured step, no update
                 opt.zero_grad(set_to_none=True)
                 break
+            world.average_gradients(transfer_params)  # the student's are averaged by DDP/FSDP
+            amp.unscale(opt)
             if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-            opt.step()
+                trainee.clip_grad_norm_(params, self.grad_clip)
+            amp.step(opt)
             opt.zero_grad(set_to_none=True)
             sched.step()
             losses.append(loss.detach())
-            progress["samples"] += n
+            progress["samples"] += n * world.size
             done = step + 1
             if done % 10 == 0 or done == total:
-                value = losses[-1].item()
+                value = world.mean(losses[-1]).item()
                 if task is not None:
                     ctx.bar.update(task, completed=done, loss=value)
-                if ctx.folder is not None:
+                if ctx.folder is not None and world.main:
                     _log(ctx.folder.parent, {"model": name, "step": done, "loss": value, "lr": sched.get_last_lr()[0]})
             if self.eval_every and done % self.eval_every == 0 and done < total:
                 paused = time.perf_counter()
-                _evaluate(ctx, student, record, done)
+                with trainee.gathered() as model:
+                    _evaluate(ctx, model, record, done)
                 student.train()
                 start += time.perf_counter() - paused
                 reached = target is not None and _reaches(ctx.family, record["val"][-1], target)
@@ -536,38 +591,41 @@ class Chain(BaseEstimator):
                     break
             if ctx.folder is not None and self.checkpoint_every and done % self.checkpoint_every == 0 and done < total:
                 progress |= {"step": done, "elapsed": time.perf_counter() - start}
-                progress["loss"] = torch.stack(losses).tolist()
-                progress["transfer_loss"] = torch.stack(transfer_losses).tolist() if transfer_losses else []
+                progress["loss"] = world.mean(torch.stack(losses)).tolist()
+                progress["transfer_loss"] = world.mean(torch.stack(transfer_losses)).tolist() if transfer_losses else []
                 state = {
                     "signature": ctx.sig,
-                    "student": student.state_dict(),
+                    "student": trainee.state_dict(),
                     "transfer": transfer.state_dict() if transfer is not None else {},
-                    "optimizer": opt.state_dict(),
+                    "optimizer": trainee.optimizer_state_dict(opt),
                     "scheduler": sched.state_dict(),
                     "val": record["val"],
                     "progress": progress,
+                    **({"scaler": amp.state_dict()} if amp.scaler is not None else {}),
                     **_stage_state(ctx.stream),
                 }
-                save_partial(ctx.folder, state)
+                if world.main:
+                    save_partial(ctx.folder, state)
         elapsed = time.perf_counter() - start
+        student = trainee.unwrap()
         if adapted:
             merge_lora(student)
         if task is not None and not train:
             ctx.bar.update(task, completed=1)
         if teacher is not None:
-            _unfreeze(teacher)
+            _unfreeze(teacher.to(device))
         if not reached:
             _evaluate(ctx, student, record, done if train else 0)
             reached = target is not None and _reaches(ctx.family, record["val"][-1], target)
         cost = StageCost(name, progress["flops"][0], progress["flops"][1], progress["samples"])
-        record["loss"] = torch.stack(losses).tolist() if losses else []
-        record["transfer_loss"] = torch.stack(transfer_losses).tolist() if transfer_losses and train else []
+        record["loss"] = world.mean(torch.stack(losses)).tolist() if losses else []
+        record["transfer_loss"] = world.mean(torch.stack(transfer_losses)).tolist() if transfer_losses and train else []
         record["wall_time"] = elapsed if train else 0.0
         record["trained"] = train
         record |= {"steps": done if train else total, "budget": total, "target": target, "reached": reached}
         record["cost"] = attrs.asdict(cost)
         record["flops"] = cost.total
-        return record
+        return record, student
 
     def _report(self, family: Family, baseline_samples: int) -> dict[str, Any]:
         """A JSON-ready summary: per model metric, FLOPs and time; family totals and the ratio."""
@@ -604,6 +662,7 @@ class _Context:
     bar: Any
     folder: Path | None
     sig: str
+    world: World = World()
 
 
 def _stage_state(stream: Stream) -> dict[str, Any]:
@@ -622,9 +681,9 @@ def _evaluate(ctx: _Context, model: nn.Module, record: dict[str, Any], step: int
     """Evaluate on the validation loader (if any): into the record and ``metrics.jsonl``."""
     if ctx.val_loader is None:
         return
-    metrics = ctx.family.evaluate(model, ctx.val_loader, ctx.device)
+    metrics = ctx.world.mean_metrics(ctx.family.evaluate(model, ctx.val_loader, ctx.device))
     record["val"].append({"step": step, **metrics})
-    if ctx.folder is not None:
+    if ctx.folder is not None and ctx.world.main:
         _log(ctx.folder.parent, {"model": record["name"], "step": step, "val": metrics})
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from importlib.metadata import version as _version
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -72,6 +74,25 @@ SeedOpt = Annotated[Optional[int], typer.Option(help="Random seed for models, da
 DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 when launched alone): only rank 0 writes and prints."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _relaunch(nproc: int) -> None:
+    """Run this very command again under torchrun on ``nproc`` local processes; exits with its status."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    raise typer.Exit(subprocess.call([*launcher, "-m", "comptlib", *args]))
+
+
 def _config(config: Path | None, debug: bool, **flags: Any):
     from comptlib.config import ConfigError, RunConfig
 
@@ -95,6 +116,11 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
         train, val, options = cfg.recipe.data_loaders(cfg.batch_size, cfg.seed, cfg.data)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err), debug, err)
+    if cfg.num_workers:  # worker processes load batches; pinned memory speeds the copies to a GPU
+        from comptlib.data import rebuild
+
+        pin = torch.cuda.is_available() and cfg.device != "cpu"
+        train, val = (rebuild(loader, num_workers=cfg.num_workers, pin_memory=pin) for loader in (train, val))
     torch.manual_seed(cfg.seed)
     models = cfg.recipe.models(cfg.sizes, **options)
     chain = Chain(
@@ -111,6 +137,9 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
         checkpoint_dir=None if out is None else str(out),
         checkpoint_every=cfg.checkpoint_every,
         resume=resume,
+        precision=cfg.precision,
+        compile=cfg.compile,
+        strategy=cfg.strategy,
     )
     try:
         chain.validate(train)
@@ -136,6 +165,17 @@ def grow(
     seed: SeedOpt = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda[:N].")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Mid-stage checkpoint every N steps.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 (autocast, GPU or CPU) or fp16 (GPU).")] = None,
+    compile: Annotated[
+        Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step.")
+    ] = None,
+    strategy: Annotated[
+        Optional[str], typer.Option(help="Several processes: ddp (a replica each) or fsdp (sharded).")
+    ] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes per rank.")] = None,
+    nproc: Annotated[
+        int, typer.Option(help="Train data-parallel on N local processes (runs torchrun for you); 1: no.")
+    ] = 1,
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/default"),
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an earlier run in --out.")] = False,
@@ -155,26 +195,42 @@ def grow(
         comptlib grow --sizes 64x4,128x6,256x8 --budgets 40,8,6
 
         comptlib grow --config chain.toml --out runs/mine --resume
+
+        comptlib grow --nproc 2 --precision bf16   (or: torchrun --nproc_per_node 2 -m comptlib grow ...)
+
+    Under torchrun --batch-size is per process: the global batch is N times larger.
     """
+    if nproc < 1:
+        _fail(f"--nproc must be at least 1, got {nproc}", debug)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch(nproc)
     flags = {"family": family, "sizes": sizes, "budgets": budgets, "unit": unit, "method": method, "transfer": transfer}
     flags |= {"lr": lr, "batch_size": batch_size, "seed": seed, "device": device, "checkpoint_every": checkpoint_every}
-    flags["data"] = data
+    flags |= {"data": data, "precision": precision, "compile": compile, "strategy": strategy}
+    flags["num_workers"] = num_workers
     cfg = _config(config, debug, **flags)
-    earlier = out.exists() and any(out.iterdir())
+    main = _rank() == 0  # under torchrun, rank 0 alone checks --out, writes reports and prints
+    earlier = main and out.exists() and any(out.iterdir())
     if earlier and not (resume or force):
         _fail(f"{out} holds an earlier run: pass --resume to continue it, or --force to overwrite it.", debug)
     chain, train, val = _setup(cfg, progress, debug, out, resume=resume)
     if earlier and force and not resume:
         shutil.rmtree(out)
 
+    from comptlib.distributed import DistributedError
     from comptlib.io import write_json
 
-    write_json(out / "config.json", cfg.to_dict())
+    if main:
+        write_json(out / "config.json", cfg.to_dict())
     try:
         chain.fit(train, val)
     except KeyboardInterrupt:
         typer.echo(f"\nInterrupted. Continue from the last checkpoint in {out} with the same command and --resume.")
         raise typer.Exit(130) from None
+    except DistributedError as err:
+        _fail(f"{err}. Continue from the last checkpoint in {out} with the same command and --resume.", debug, err)
+    if not main:
+        return
     write_json(
         out / "report.json", {"data": cfg.data or cfg.recipe.data, "report": chain.report_, "history": chain.history_}
     )

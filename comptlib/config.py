@@ -49,6 +49,11 @@ def _positive(_: Any, attribute: attrs.Attribute, value: float) -> None:
         raise ConfigError(f"{attribute.name}: must be positive, got {value}")
 
 
+def _non_negative(_: Any, attribute: attrs.Attribute, value: int) -> None:
+    if value < 0:
+        raise ConfigError(f"{attribute.name}: must not be negative, got {value}")
+
+
 def _floats(value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
@@ -69,6 +74,10 @@ class RunConfig:
     device: str = "auto"
     data: str | None = None
     checkpoint_every: int = attrs.field(default=50, converter=int)
+    precision: str = attrs.field(default="fp32", validator=_in("fp32", "bf16", "fp16"))
+    compile: bool = False
+    strategy: str = attrs.field(default="ddp", validator=_in("ddp", "fsdp"))
+    num_workers: int = attrs.field(default=0, converter=int, validator=_non_negative)
 
     @property
     def recipe(self) -> Recipe:

@@ -113,6 +113,36 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def rebuild(loader: DataLoader, **changes: Any) -> DataLoader:
+    """The same loader (dataset, batch size, collate, workers...) with ``changes``: a sampler, workers, pinning.
+
+    >>> train, _ = digits_loaders(batch_size=32)
+    >>> rebuild(train, num_workers=2, pin_memory=True).num_workers
+    2
+    """
+    settings: dict[str, Any] = {
+        "batch_size": loader.batch_size,
+        "drop_last": loader.drop_last,
+        "collate_fn": loader.collate_fn,
+        "num_workers": loader.num_workers,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "multiprocessing_context": loader.multiprocessing_context,
+        "generator": loader.generator,
+        "prefetch_factor": loader.prefetch_factor,
+        "persistent_workers": loader.persistent_workers,
+    }
+    if "sampler" not in changes:
+        settings |= {"sampler": loader.sampler}
+    settings |= changes
+    if not settings["num_workers"]:
+        settings |= {"prefetch_factor": None, "persistent_workers": False}
+    elif settings["prefetch_factor"] is None:
+        settings["prefetch_factor"] = 2
+    return DataLoader(loader.dataset, **settings)
+
+
 def loader_length(loader: Iterable[Any]) -> int | None:
     """Batches per epoch, or None for an iterable without a length."""
     try:
