@@ -39,13 +39,13 @@ def _root(
     """Chain-of-Models Pre-Training (CoM-PT) for vision and language model families."""
 
 
-def _floats(text: str | None) -> list[float] | None:
+def _floats(text: str | None, flag: str = "--budgets") -> list[float] | None:
     if text is None:
         return None
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise typer.BadParameter(f"must be comma-separated numbers, got {text!r}", param_hint="--budgets") from None
+        raise typer.BadParameter(f"must be comma-separated numbers, got {text!r}", param_hint=flag) from None
 
 
 def _fail(message: str, debug: bool, err: BaseException | None = None) -> None:
@@ -140,6 +140,8 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
         precision=cfg.precision,
         compile=cfg.compile,
         strategy=cfg.strategy,
+        targets=None if cfg.targets is None else [None, *cfg.targets],
+        eval_every=cfg.eval_every or (10 if cfg.targets else 0),
     )
     try:
         chain.validate(train)
@@ -173,6 +175,16 @@ def grow(
         Optional[str], typer.Option(help="Several processes: ddp (a replica each) or fsdp (sharded).")
     ] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes per rank.")] = None,
+    targets: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Budget search: a held-out metric per grown model (e.g. 0.95,0.96); each stage stops once it "
+            "gets there, its budget only a cap."
+        ),
+    ] = None,
+    eval_every: Annotated[
+        Optional[int], typer.Option(help="Evaluate every N steps [default: 10 with --targets, else only stage ends].")
+    ] = None,
     nproc: Annotated[
         int, typer.Option(help="Train data-parallel on N local processes (runs torchrun for you); 1: no.")
     ] = 1,
@@ -207,7 +219,7 @@ def grow(
     flags = {"family": family, "sizes": sizes, "budgets": budgets, "unit": unit, "method": method, "transfer": transfer}
     flags |= {"lr": lr, "batch_size": batch_size, "seed": seed, "device": device, "checkpoint_every": checkpoint_every}
     flags |= {"data": data, "precision": precision, "compile": compile, "strategy": strategy}
-    flags["num_workers"] = num_workers
+    flags |= {"num_workers": num_workers, "targets": _floats(targets, "--targets"), "eval_every": eval_every}
     cfg = _config(config, debug, **flags)
     main = _rank() == 0  # under torchrun, rank 0 alone checks --out, writes reports and prints
     earlier = main and out.exists() and any(out.iterdir())

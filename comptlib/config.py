@@ -58,6 +58,17 @@ def _floats(value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
+def _optional_floats(value: Any) -> tuple[float, ...] | None:
+    return None if value is None else _floats(value)
+
+
+def _targets(instance: RunConfig, _: attrs.Attribute, value: tuple[float, ...] | None) -> None:
+    if value is not None and len(value) != len(instance.sizes) - 1:
+        raise ConfigError(
+            f"targets: {len(value)} entries for {len(instance.sizes) - 1} grown models (one per size but the first)"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class RunConfig:
     """Everything ``comptlib grow`` needs to run a chain; fields default to the family's recipe."""
@@ -78,6 +89,8 @@ class RunConfig:
     compile: bool = False
     strategy: str = attrs.field(default="ddp", validator=_in("ddp", "fsdp"))
     num_workers: int = attrs.field(default=0, converter=int, validator=_non_negative)
+    targets: tuple[float, ...] | None = attrs.field(default=None, converter=_optional_floats, validator=_targets)
+    eval_every: int = attrs.field(default=0, converter=int, validator=_non_negative)
 
     @property
     def recipe(self) -> Recipe:

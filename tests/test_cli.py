@@ -51,6 +51,15 @@ def test_grow_writes_a_complete_run_directory(tmp_path) -> None:
     assert forced.exit_code == 0
 
 
+def test_grow_with_a_budget_search(tmp_path) -> None:
+    args = ["--sizes", "16x1,32x2", "--budgets", "60,40", "--unit", "steps", "--targets", "0.3", "--eval-every", "5"]
+    result = runner.invoke(app, ["grow", *args, "--out", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    grown = json.loads((tmp_path / "r" / "report.json").read_text())["history"][1]
+    assert grown["target"] == 0.3 and grown["budget"] == 40
+    assert grown["reached"] and grown["steps"] < 40 and grown["steps"] % 5 == 0  # stopped at its target
+
+
 def test_grow_from_a_toml_config(tmp_path) -> None:
     config = tmp_path / "chain.toml"
     config.write_text('[chain]\nfamily = "vit"\nsizes = ["16x1", "32x1"]\nbudgets = [20, 5]\nunit = "steps"\n')
@@ -71,6 +80,8 @@ def test_grow_from_a_toml_config(tmp_path) -> None:
         ([], 'sizes = ["16x1"]\nbudgets = [1]\nlearning_rate = 3', "learning_rate: unknown field"),
         ([], "lr = -1", "lr: must be positive"),
         ([], "sizes = [", "not valid TOML"),
+        (["--targets", "0.9"], None, "targets: 1 entries for 2 grown models"),
+        (["--targets", "0.9,high"], None, "comma-separated numbers"),
     ],
 )
 def test_bad_input_is_one_clear_message_with_exit_code_2(args, toml, message, tmp_path) -> None:
