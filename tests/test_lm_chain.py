@@ -164,10 +164,11 @@ def _example(name: str) -> ModuleType:
     return module
 
 
-def test_llama_chain_example_smoke(capsys):
-    _example("llama_chain").main(["--smoke"])
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_lm_chain_example_smoke(family, capsys):
+    _example("lm_chain").main(["--smoke", "--family", family])
     out = capsys.readouterr().out
-    assert "acceleration ratio" in out and all(f"llama-d{h}-L{n}" in out for h, n in ((32, 2), (64, 3), (128, 4)))
+    assert "acceleration ratio" in out and all(f"{family}-{size}" in out for size in ("32x2", "64x3", "128x4"))
 
 
 def test_lora_finetune_example_smoke(capsys):
