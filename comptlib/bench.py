@@ -69,8 +69,12 @@ def _higher_is_better(chain: Chain) -> bool:
     return family_of(chain.models_[0]).higher_is_better
 
 
-def _flops(value: float) -> str:
-    """FLOPs with an SI prefix, so tiny and large families print alike."""
+def format_flops(value: float) -> str:
+    """FLOPs with an SI prefix, so tiny and large families print alike.
+
+    >>> format_flops(7.07e11), format_flops(4.47e12)
+    ('707.0G', '4.5T')
+    """
     for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
         if value >= scale:
             return f"{value / scale:.1f}{prefix}"
@@ -89,12 +93,12 @@ def format_table(result: dict[str, Any]) -> str:
         grown = f"{r['grown']:>6.3f}" if r["grown"] is not None else f"{'-':>6}"
         lines.append(
             f"{r['name']:<16}{r['params']:>10,} | {grown}{r['chain']:>8.3f}{r['alone']:>8.3f} | "
-            f"{r['chain_steps']:>5}{r['alone_steps']:>6} | {_flops(r['chain_flops']):>7}{_flops(r['alone_flops']):>8} | "
+            f"{r['chain_steps']:>5}{r['alone_steps']:>6} | {format_flops(r['chain_flops']):>7}{format_flops(r['alone_flops']):>8} | "
             f"{r['chain_time']:>6.1f}{r['alone_time']:>7.1f}"
         )
     lines += [
-        f"{'family':<16}{'':>10} | {'':>22} | {'':>11} | {_flops(result['chain_flops']):>7}"
-        f"{_flops(result['alone_flops']):>8} | {result['chain_time']:>6.1f}{result['alone_time']:>7.1f}",
+        f"{'family':<16}{'':>10} | {'':>22} | {'':>11} | {format_flops(result['chain_flops']):>7}"
+        f"{format_flops(result['alone_flops']):>8} | {result['chain_time']:>6.1f}{result['alone_time']:>7.1f}",
         f"acceleration ratio (FLOPs): {result['acceleration_ratio']:.2f}x; wall-time ratio: {result['wall_time_ratio']:.2f}x",
     ]
     return "\n".join(lines)

@@ -85,7 +85,9 @@ class Chain(BaseEstimator):
     ----------
     models : freshly built models, smallest first, all of one registered family.
     grower : ``"auto"`` (the family's exact grower), a method name (``"exact"``,
-        ``"compt"``), a :class:`Grower`, or one of those per link.
+        ``"compt"``), a :class:`Grower`, ``None`` (no growth: the model keeps
+        its own init and is only distilled, the ablation baseline), or one of
+        those per link.
     transferer : ``"auto"`` (the family's default), ``None`` (no distillation),
         a :class:`Transferer` (copied for each link), or one per link.
     budgets : one per model, in ``unit``; default: the paper's 128:24:16 epoch
@@ -98,6 +100,10 @@ class Chain(BaseEstimator):
         grown models: a full re-warm erases what growth inherited.
     eval_every : evaluate on the validation loader every N steps too (0: only
         right after growth and at the end of each stage).
+    targets : budget search: one validation metric per model (or ``None``);
+        a stage stops at the first evaluation (every ``eval_every`` steps)
+        that reaches its target, and its budget is then only a cap. The
+        ledger counts the steps actually trained.
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...
     seed : seeds the global RNG and the training loader's generator, so the
         same settings give the same models and data order.
@@ -135,7 +141,7 @@ class Chain(BaseEstimator):
         self,
         models: Sequence[nn.Module],
         *,
-        grower: str | Grower | Sequence[str | Grower] = "auto",
+        grower: str | Grower | None | Sequence[str | Grower | None] = "auto",
         transferer: str | Transferer | None | Sequence[Transferer | None] = "auto",
         budgets: Sequence[float] | None = None,
         unit: str = "epochs",
@@ -150,6 +156,7 @@ class Chain(BaseEstimator):
         grown_lr_scale: float = 0.5,
         grown_warmup: float = 0.05,
         eval_every: int = 0,
+        targets: Sequence[float | None] | None = None,
         device: str = "auto",
         seed: int = 0,
         names: Sequence[str] | None = None,
@@ -177,6 +184,7 @@ class Chain(BaseEstimator):
         self.grown_lr_scale = grown_lr_scale
         self.grown_warmup = grown_warmup
         self.eval_every = eval_every
+        self.targets = targets
         self.device = device
         self.seed = seed
         self.names = names
@@ -220,15 +228,15 @@ class Chain(BaseEstimator):
             return list(value)
         return [value] * links
 
-    def _growers(self, family: Family) -> list[Grower]:
-        growers = []
+    def _growers(self, family: Family) -> list[Grower | None]:
+        growers: list[Grower | None] = []
         for g in self._per_link(self.grower, "grower"):
-            if isinstance(g, Grower):
+            if g is None or isinstance(g, Grower):
                 growers.append(g)
             elif g == "auto" or g in METHODS:
                 growers.append(family.grower("exact" if g == "auto" else g, seed=self.seed))
             else:
-                raise ValueError(f"grower must be 'auto', one of {METHODS} or a Grower, got {g!r}")
+                raise ValueError(f"grower must be 'auto', one of {METHODS}, a Grower or None, got {g!r}")
         return growers
 
     def _transferers(self, family: Family) -> list[Transferer | None]:
@@ -275,7 +283,7 @@ class Chain(BaseEstimator):
 
     def _validate(
         self, train_loader: Iterable[Any]
-    ) -> tuple[Family, list[Grower], list[Transferer | None], list[int], int]:
+    ) -> tuple[Family, list[Grower | None], list[Transferer | None], list[int], int]:
         family = self._family()
         for name in ("lr", "grown_lr_scale"):
             if getattr(self, name) <= 0:
@@ -289,8 +297,15 @@ class Chain(BaseEstimator):
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.names is not None and len(self.names) != len(self.models):
             raise ValueError(f"names has {len(self.names)} entries for {len(self.models)} models")
+        if self.targets is not None:
+            if len(self.targets) != len(self.models):
+                raise ValueError(f"targets has {len(self.targets)} entries for {len(self.models)} models")
+            if self.eval_every <= 0:
+                raise ValueError("targets need eval_every > 0: a stage can only stop where it is evaluated")
         growers = self._growers(family)
         for i, grower in enumerate(growers, start=1):
+            if grower is None:
+                continue
             try:
                 grower.validate(self.models[i - 1], self.models[i])
             except (GrowthError, TypeError) as err:
@@ -335,6 +350,8 @@ class Chain(BaseEstimator):
     def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None) -> Chain:
         """Train the chain; returns ``self`` with ``models_``, ``history_``, ``ledger_``, ``report_``."""
         family, growers, transferers, steps, baseline_steps = self._validate(train_loader)
+        if self.targets is not None and val_loader is None:
+            raise ValueError("targets are validation metrics: fit needs a val_loader")
         device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
         )
@@ -362,7 +379,8 @@ class Chain(BaseEstimator):
                 folder = run / names[i] if run is not None else None
                 record = finished_stage(folder, sig) if self.resume and folder is not None else None
                 if record is not None:  # finished in an earlier run: rebuild it, and continue from where it ended
-                    if i > 0:  # growth sets what weights do not hold (e.g. LayerNorm eps)
+                    # growth sets what weights do not hold (e.g. LayerNorm eps)
+                    if i > 0 and growers[i - 1] is not None:
                         growers[i - 1].grow(self.models_[i - 1], student)
                     state = load_stage(folder, student, record)
                     stream.restore(state["stream"])
@@ -401,6 +419,7 @@ class Chain(BaseEstimator):
             "seed": self.seed,
             "trained": not (i == 0 and self.first_trained),
             "inherited": f"lora-{self.lora_rank}" if grown and self.inherited == "lora" else "full",
+            "target": self.targets[i] if self.targets is not None else None,
         }
 
     def _run_stage(
@@ -418,11 +437,12 @@ class Chain(BaseEstimator):
         teacher, transfer, fmap = None, None, None
         if i > 0:
             teacher = freeze(self.models_[i - 1])
-            growers[i - 1].grow(teacher, student)
-            fmap = growers[i - 1].feature_map(teacher, student)
+            if growers[i - 1] is not None:
+                growers[i - 1].grow(teacher, student)
+                fmap = growers[i - 1].feature_map(teacher, student)
             transfer = transferers[i - 1]
         settings = self._stage_settings(i)
-        adapted = i > 0 and self.inherited == "lora"
+        adapted = i > 0 and self.inherited == "lora" and growers[i - 1] is not None
         if adapted:
             masks = inherited_masks(growers[i - 1], teacher, copy.deepcopy(self.models[i]).to(device))
             attach_lora(student, masks, self.lora_rank)
@@ -463,6 +483,8 @@ class Chain(BaseEstimator):
         losses = [torch.tensor(v) for v in progress["loss"]]
         transfer_losses = [torch.tensor(v) for v in progress["transfer_loss"]]
         start = time.perf_counter() - progress["elapsed"]
+        target, reached = settings["target"], False
+        done = progress["step"]
         for step in range(progress["step"], total if train else 1):
             batch = first if step == 0 else to_device(next(ctx.stream), device)
             n = batch_size_of(batch)
@@ -505,6 +527,11 @@ class Chain(BaseEstimator):
                 _evaluate(ctx, student, record, done)
                 student.train()
                 start += time.perf_counter() - paused
+                reached = target is not None and _reaches(ctx.family, record["val"][-1], target)
+                if reached:  # budget search: this stage has done what it was for
+                    if task is not None:
+                        ctx.bar.update(task, completed=total, loss=losses[-1].item())
+                    break
             if ctx.folder is not None and self.checkpoint_every and done % self.checkpoint_every == 0 and done < total:
                 progress |= {"step": done, "elapsed": time.perf_counter() - start}
                 progress["loss"] = torch.stack(losses).tolist()
@@ -527,12 +554,15 @@ class Chain(BaseEstimator):
             ctx.bar.update(task, completed=1)
         if teacher is not None:
             _unfreeze(teacher)
-        _evaluate(ctx, student, record, total if train else 0)
+        if not reached:
+            _evaluate(ctx, student, record, done if train else 0)
+            reached = target is not None and _reaches(ctx.family, record["val"][-1], target)
         cost = StageCost(name, progress["flops"][0], progress["flops"][1], progress["samples"])
         record["loss"] = torch.stack(losses).tolist() if losses else []
         record["transfer_loss"] = torch.stack(transfer_losses).tolist() if transfer_losses and train else []
         record["wall_time"] = elapsed if train else 0.0
         record["trained"] = train
+        record |= {"steps": done if train else total, "budget": total, "target": target, "reached": reached}
         record["cost"] = attrs.asdict(cost)
         record["flops"] = cost.total
         return record
@@ -594,6 +624,12 @@ def _evaluate(ctx: _Context, model: nn.Module, record: dict[str, Any], step: int
     record["val"].append({"step": step, **metrics})
     if ctx.folder is not None:
         _log(ctx.folder.parent, {"model": record["name"], "step": step, "val": metrics})
+
+
+def _reaches(family: Family, metrics: dict[str, float], target: float) -> bool:
+    """Whether ``metrics`` meets ``target`` in the family's metric and direction."""
+    value = metrics[family.metric]
+    return value >= target if family.higher_is_better else value <= target
 
 
 def _log(run: Path, entry: dict[str, Any]) -> None:

@@ -162,6 +162,8 @@ def test_mixed_families_are_refused(digits) -> None:
         ({"grower": "magic"}, "grower must be"),
         ({"lr": 0.0}, "lr must be positive"),
         ({"names": ["a"]}, "names has 1 entries"),
+        ({"targets": [None, 0.5]}, "targets has 2 entries for 3 models"),
+        ({"targets": [None, 0.5, 0.5]}, "targets need eval_every > 0"),
     ],
 )
 def test_bad_settings_fail_before_training(digits, kwargs, message) -> None:
@@ -185,3 +187,30 @@ def test_default_budgets_follow_the_paper_proportions(digits) -> None:
     steps, baseline = chain._steps(digits[0])
     per_epoch = len(digits[0])
     assert steps == [8 * per_epoch, round(1.5 * per_epoch), per_epoch] and baseline == 8 * per_epoch
+
+
+def test_budget_search_stops_each_stage_at_its_target(digits) -> None:
+    train, val = digits
+    chain = Chain(
+        family(), budgets=[60, 40, 40], unit="steps", eval_every=5, targets=[None, 0.0, 1.01], progress=False
+    ).fit(train, val)
+    first, easy, impossible = chain.history_
+    assert first["steps"] == 60 and first["reached"] is False and first["target"] is None
+    # A target any model meets stops the stage at its first evaluation; the ledger counts those steps only.
+    assert easy["steps"] == 5 and easy["budget"] == 40 and easy["reached"] is True and len(easy["loss"]) == 5
+    assert chain.ledger_.stages[1].samples == 5 * 64
+    assert [v["step"] for v in easy["val"]] == [0, 5]
+    # One nothing meets runs to its cap.
+    assert impossible["steps"] == 40 and impossible["reached"] is False and impossible["val"][-1]["step"] == 40
+    assert chain.report_["models"][1]["steps"] == 5
+    with pytest.raises(ValueError, match="targets are validation metrics"):
+        chain.fit(train)
+
+
+def test_no_growth_keeps_the_students_own_init(digits) -> None:
+    train, val = digits
+    models = family()[:2]
+    chain = Chain(models, grower=None, budgets=[30, 2], unit="steps", progress=False).fit(train, val)
+    fresh = evaluate_classifier(models[1], val, torch.device("cpu"))
+    assert chain.history_[1]["val"][0] == {"step": 0, **fresh}
+    assert chain.history_[1]["transfer_loss"]  # still distilled from its predecessor, through a projector
