@@ -22,12 +22,47 @@ METHODS: tuple[str, ...] = ("exact", "compt")
 
 
 class GrowthError(ValueError):
-    """A growth that cannot be done, naming the dimension and why."""
+    """A growth that cannot be done, naming the dimension and why.
+
+    Raised by :meth:`Grower.validate` before any weight is written (and by
+    :class:`~comptlib.Chain` before any training step).
+
+    Examples
+    --------
+    >>> import comptlib
+    >>> from comptlib.families.vit import build_vit
+    >>> comptlib.grow(build_vit(64, 2), build_vit(32, 2))
+    Traceback (most recent call last):
+    comptlib.grower.GrowthError: hidden_dim shrinks: 64 -> 32
+    """
 
 
 @attrs.frozen
 class GrowthCheck:
-    """Measured output difference between a source and its grown target."""
+    """Measured output difference between a source and its grown target.
+
+    ``exact`` is what the grower promised (:meth:`Grower.keeps_function`);
+    ``max_abs`` and ``max_rel`` (relative to the source's largest output) are
+    what :meth:`Grower.check` measured.
+
+    Examples
+    --------
+    The paper's warm start (``"compt"``) changes the function; exact growth
+    does not:
+
+    >>> import torch
+    >>> import comptlib
+    >>> from comptlib.families.vit import build_vit
+    >>> _ = torch.manual_seed(0)
+    >>> small, x = build_vit(32, 2), torch.randn(2, 3, 8, 8)
+    >>> _ = torch.nn.init.normal_(small.heads.head.weight)  # torchvision zero-inits the head
+    >>> growers = {m: comptlib.family_of(small).grower(m) for m in ("exact", "compt")}
+    >>> checks = {m: g.check(small, g.grow(small, build_vit(64, 4)), x) for m, g in growers.items()}
+    >>> checks["exact"].exact, checks["exact"].max_rel < 1e-5
+    (True, True)
+    >>> checks["compt"].exact, checks["compt"].max_rel > 0.1
+    (False, True)
+    """
 
     max_abs: float
     max_rel: float
@@ -60,6 +95,37 @@ class Grower(abc.ABC):
     units of each tensor's standard deviation, only where it keeps the chosen
     method's promise: for ``"exact"`` on entries the function does not depend
     on, for ``"compt"`` on every copied entry.
+
+    Examples
+    --------
+    The ViT family's grower, step by step (:func:`grow` does the first two):
+
+    >>> import torch
+    >>> from comptlib import family_of
+    >>> from comptlib.families.vit import build_vit
+    >>> _ = torch.manual_seed(0)
+    >>> small, large = build_vit(32, 2), build_vit(64, 4)
+    >>> with torch.no_grad():  # stand in for training: move every weight off its init
+    ...     for p in small.parameters():
+    ...         _ = p.add_(0.1 * torch.randn_like(p))
+    >>> grower = family_of(small).grower("exact")
+    >>> grower.validate(small, large)  # raises GrowthError if it cannot be done
+    >>> large = grower.grow(small, large)
+    >>> grower.check(small, large, torch.randn(2, 3, 8, 8)).max_rel < 1e-5
+    True
+
+    After exact growth the teacher's features are a fixed linear map of the
+    student's, which :class:`~comptlib.FeatureMSE` uses instead of a
+    trainable projector:
+
+    >>> batch = (torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    >>> forward = family_of(small).forward
+    >>> student, teacher = forward(large.eval(), batch), forward(small.eval(), batch)
+    >>> fmap = grower.feature_map(small, large)
+    >>> tuple(fmap.shape), torch.allclose(student.features @ fmap, teacher.features, atol=1e-5)
+    ((64, 32), True)
+
+    :func:`~comptlib.register_family` shows a grower written from scratch.
     """
 
     def __init__(self, method: Method = "exact", *, noise: float = 0.0, seed: int | None = None) -> None:
@@ -142,6 +208,7 @@ def grow(source: nn.Module, target: nn.Module, method: Method = "exact", **kwarg
     >>> import torch, comptlib
     >>> from torchvision.models import VisionTransformer
     >>> small = VisionTransformer(8, 2, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3)
+    >>> _ = torch.nn.init.normal_(small.heads.head.weight)  # torchvision zero-inits the head
     >>> large = VisionTransformer(8, 2, num_layers=3, num_heads=3, hidden_dim=24, mlp_dim=40, num_classes=3)
     >>> large = comptlib.grow(small, large)
     >>> x = torch.randn(2, 3, 8, 8)

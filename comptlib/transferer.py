@@ -42,7 +42,26 @@ class Transferer(nn.Module, abc.ABC):
 
     ``schedule`` is ``"constant"``, ``"linear"`` (decay to 0, Knowledge
     Inheritance style) or ``"cosine"``; the decay runs over ``decay_steps``,
-    or over the whole stage when it is ``None``.
+    or over the whole stage when it is ``None``. Subclasses implement
+    :meth:`divergence`, and :meth:`setup` when they own trainable parts.
+
+    Examples
+    --------
+    A cosine-distance transferer, and the linear schedule:
+
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> from comptlib import Outputs, Transferer
+    >>> class Cosine(Transferer):
+    ...     def divergence(self, student, teacher):
+    ...         return (1 - F.cosine_similarity(student.features, teacher.features, dim=-1)).mean()
+    >>> cos = Cosine(weight=2.0, schedule="linear")
+    >>> a = Outputs(loss=None, logits=torch.zeros(2, 3), features=torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    >>> b = Outputs(loss=None, logits=torch.zeros(2, 3), features=torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    >>> [cos.weight_at(step, total=4) for step in range(5)]
+    [2.0, 1.5, 1.0, 0.5, 0.0]
+    >>> cos(a, b, step=0, total=4).item(), cos(a, b, step=2, total=4).item()
+    (1.0, 0.5)
     """
 
     _hyperparameters: tuple[str, ...] = ()  # a subclass's own settings, shown in its repr (and so in checkpoints)
@@ -92,7 +111,35 @@ class FeatureMSE(Transferer):
     """MSE between (L2-normalised) final features: CoM-PT's default, weight 500.
 
     ``projector="auto"`` uses no projector when sizes agree, the grower's fixed
-    map after exact growth, and a trainable ``Linear`` otherwise.
+    map after exact growth, and a trainable ``Linear`` otherwise;
+    ``"linear"`` always trains one, ``"fixed"`` requires the map.
+
+    Examples
+    --------
+    Right after exact growth the student's features map exactly onto the
+    teacher's, so the loss starts at zero and needs no projector:
+
+    >>> import torch
+    >>> from comptlib import FeatureMSE, family_of
+    >>> from comptlib.families.vit import build_vit
+    >>> _ = torch.manual_seed(0)
+    >>> small = build_vit(32, 2)
+    >>> grower = family_of(small).grower()
+    >>> large = grower.grow(small, build_vit(64, 2)).eval()
+    >>> batch = (torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
+    >>> forward = family_of(small).forward
+    >>> student, teacher = forward(large, batch), forward(small.eval(), batch)
+    >>> mse = FeatureMSE()  # weight 500 on L2-normalised features, as in the paper
+    >>> mse.setup(student, teacher, grower.feature_map(small, large))
+    >>> mse.proj is None, mse(student, teacher).item() < 1e-9
+    (True, True)
+
+    Without a map (e.g. after ``"compt"`` growth) a trainable projector is built:
+
+    >>> trained = FeatureMSE(projector="linear")
+    >>> trained.setup(student, teacher)
+    >>> trained.proj
+    Linear(in_features=64, out_features=32, bias=False)
     """
 
     _hyperparameters = ("normalize", "projector")
@@ -141,7 +188,28 @@ class FeatureMSE(Transferer):
 
 
 class LogitKL(Transferer):
-    """KL(teacher || student) on temperature-softened logits, scaled by T^2."""
+    """KL(teacher || student) on temperature-softened logits, scaled by T^2.
+
+    Knowledge Inheritance's loss; the language-model family's default (weight
+    1, temperature 1, linear decay). Per-token logits are compared only where
+    the student's ``mask`` is set.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from comptlib import LogitKL, Outputs
+    >>> kl = LogitKL(temperature=2.0)
+    >>> mask = torch.tensor([[1, 1, 0]])  # the third token is padding
+    >>> logits = torch.randn(1, 3, 5)
+    >>> other = logits.clone()
+    >>> other[0, 2] += torch.randn(5)  # differs only at the padded position
+    >>> student = Outputs(loss=None, logits=logits, features=torch.zeros(1, 3, 2), mask=mask)
+    >>> teacher = Outputs(loss=None, logits=other, features=torch.zeros(1, 3, 2))
+    >>> kl(student, teacher).item()
+    0.0
+    >>> kl(student, Outputs(loss=None, logits=-logits, features=teacher.features)).item() > 0
+    True
+    """
 
     _hyperparameters = ("temperature",)
 
@@ -170,7 +238,24 @@ class LogitKL(Transferer):
 
 
 class WeightedSum(Transferer):
-    """The sum of several transferers, each with its own weight and schedule."""
+    """The sum of several transferers, each with its own weight and schedule.
+
+    Examples
+    --------
+    Feature MSE at a constant weight plus a logit KL that decays to 0:
+
+    >>> import torch
+    >>> from comptlib import FeatureMSE, LogitKL, Outputs, WeightedSum
+    >>> both = WeightedSum([FeatureMSE(weight=500), LogitKL(weight=1.0, schedule="linear")])
+    >>> s = Outputs(loss=None, logits=torch.randn(4, 10), features=torch.randn(4, 8))
+    >>> t = Outputs(loss=None, logits=torch.randn(4, 10), features=torch.randn(4, 8))
+    >>> both.setup(s, t)  # equal feature sizes: no projector
+    >>> mse, kl = both.terms
+    >>> torch.allclose(both(s, t, step=3, total=10), mse(s, t, 3, 10) + kl(s, t, 3, 10))
+    True
+    >>> torch.allclose(both(s, t, step=10, total=10), mse(s, t))  # the KL term has decayed away
+    True
+    """
 
     def __init__(self, terms: Sequence[Transferer]) -> None:
         super().__init__(1.0)

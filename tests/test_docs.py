@@ -1,10 +1,12 @@
-"""The CLI reference in docs/ is generated from the Typer app and must stay current."""
+"""The docs stay true: the CLI reference matches the Typer app, and the site builds strictly."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 
 
 def test_cli_reference_is_up_to_date(tmp_path) -> None:
@@ -15,3 +17,13 @@ def test_cli_reference_is_up_to_date(tmp_path) -> None:
     assert out.read_text() == (DOCS / "cli.md").read_text(), (
         "docs/cli.md is stale: regenerate it with " + " ".join(cmd[1:]) + " --output docs/cli.md"
     )
+
+
+def test_site_builds_strictly(tmp_path) -> None:
+    """``mkdocs build --strict``: a broken link, a missing nav page or a bad docstring reference fails."""
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env["NO_MKDOCS_2_WARNING"] = "1"
+    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml")]
+    result = subprocess.run([*cmd, "--site-dir", str(tmp_path / "site")], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "site" / "index.html").exists()

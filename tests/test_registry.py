@@ -99,3 +99,10 @@ def test_a_registered_type_cannot_be_taken_silently(mlp_family) -> None:
     with pytest.raises(ValueError, match="MLP is already registered to family 'toy-mlp'"):
         register_family(other)
     assert family_of(MLP(2)) is mlp_family
+
+
+def test_comptlib_families_stays_callable_once_the_package_is_imported() -> None:
+    import comptlib.families.vit  # rebinds comptlib.families from the function to the package
+
+    assert isinstance(comptlib.families(), dict) and "vit" in comptlib.families()
+    assert comptlib.families.vit.build_vit is not None  # and the package still works as one
