@@ -21,21 +21,22 @@ dpkg-deb -x fonts-noto-color-emoji_*.deb ~/.cache/comptlib/emoji``. Run
 ``python examples/vision/clip_chain.py``; ``--smoke`` checks the script end to
 end in seconds.
 
-Measured on 2 CPU cores on 2026-11-27 (shared with other jobs, load 5-10: wall times are noisy;
+Measured on 2 CPU cores on 2026-11-27 with the default Chain settings (shared with other jobs,
+load average about 4: wall times are noisy;
 ``python examples/vision/clip_chain.py``, about 5 minutes)::
 
     3 CLIPs on Noto emoji (32px, patch 8), 269 pairs held out (chance: recall@5 0.019, zero-shot 0.004), baseline 300 steps of 64 pairs, lr 0.002, seed 0, 2 threads
     model               params |   held-out recall@5    |    steps    |   train FLOPs   |    wall s
                                |  grown   chain   alone | chain alone |   chain   alone |  chain  alone
-    clip-32x2          107,905 |      -   0.164   0.164 |   300   300 |   97.0G   97.0G |   26.2   28.3
-    clip-64x3          414,081 |  0.164   0.156   0.169 |    56   300 |  105.0G  528.3G |   16.7   55.1
-    clip-128x4       1,814,529 |  0.156   0.162   0.158 |    38   300 |  366.1G    2.7T |   35.1  127.6
-    family                     |                        |             |  568.1G    3.3T |   78.0  211.0
-    acceleration ratio (FLOPs): 5.88x; wall-time ratio: 2.71x
+    clip-32x2          107,905 |      -   0.164   0.164 |   300   300 |   97.0G   97.0G |   14.2   12.2
+    clip-64x3          414,081 |  0.164   0.164   0.169 |    56   300 |  105.0G  528.3G |    6.5   28.7
+    clip-128x4       1,814,529 |  0.164   0.156   0.158 |    38   300 |  366.1G    2.7T |   13.6   91.8
+    family                     |                        |             |  568.1G    3.3T |   34.3  132.8
+    acceleration ratio (FLOPs): 5.88x; wall-time ratio: 3.87x
     zero-shot accuracy (held-out captions as classes):
     clip-32x2        grown     -  chain 0.030  alone 0.030
-    clip-64x3        grown 0.030  chain 0.041  alone 0.033
-    clip-128x4       grown 0.041  chain 0.033  alone 0.026
+    clip-64x3        grown 0.030  chain 0.045  alone 0.033
+    clip-128x4       grown 0.045  chain 0.033  alone 0.026
 
 All three models reach about the same recall@5 alone (0.16-0.17; one standard error is about 0.02 on
 269 pairs): at ~1,100 training pairs this task saturates, so it shows that the chain matches

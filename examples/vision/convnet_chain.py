@@ -14,35 +14,36 @@ training FLOPs, wall time and the chain's acceleration ratio.
 Run ``python examples/vision/convnet_chain.py --family resnet`` (or
 ``--family convnext``); ``--smoke`` checks the script end to end in seconds.
 
-Measured on 2 CPU cores on 2026-11-27 (shared with other jobs, load average 1-3,
-so wall times are approximate: the first model does the same work in both
-columns; accuracies and FLOPs repeat exactly from run to run):
+Measured on 2 CPU cores on 2026-11-27 with the default Chain settings (cores
+shared with other jobs, load average 3-5, so wall times are approximate: the
+first model does the same work in both columns; accuracies and FLOPs repeat
+exactly from run to run):
 
 ``python examples/vision/convnet_chain.py --family resnet``::
 
     resnet chain 8x1 -> 16x1 -> 32x2 on digits 32x32, exact growth, baseline 352 steps of 64, seed 0, 2 threads
     model               params |   held-out accuracy    |    steps    |   train FLOPs   |    wall s
                                |  grown   chain   alone | chain alone |   chain   alone |  chain  alone
-    resnet-8x1          20,914 |      -   0.986   0.986 |   352   352 |   52.6G   52.6G |    8.3   16.2
-    resnet-16x1         79,962 |  0.986   0.986   0.994 |    66   352 |   33.5G  156.2G |    3.0   14.5
-    resnet-32x2        700,458 |  0.986   0.992   0.989 |    44   352 |  132.0G  994.5G |    6.6   43.8
-    family                     |                        |             |  218.1G    1.2T |   18.0   74.5
-    acceleration ratio (FLOPs): 5.52x; wall-time ratio: 4.15x
+    resnet-8x1          20,914 |      -   0.986   0.986 |   352   352 |   52.6G   52.6G |   16.5   16.5
+    resnet-16x1         79,962 |  0.986   0.989   0.994 |    66   352 |   33.5G  156.2G |    3.7   14.7
+    resnet-32x2        700,458 |  0.989   0.992   0.992 |    44   352 |  132.0G  994.5G |    6.7   43.3
+    family                     |                        |             |  218.1G    1.2T |   26.8   74.5
+    acceleration ratio (FLOPs): 5.52x; wall-time ratio: 2.78x
 
 ``python examples/vision/convnet_chain.py --family convnext``::
 
     convnext chain 16x1 -> 32x1 -> 64x2 on digits 32x32, exact growth, baseline 352 steps of 64, seed 0, 2 threads
     model               params |   held-out accuracy    |    steps    |   train FLOPs   |    wall s
                                |  grown   chain   alone | chain alone |   chain   alone |  chain  alone
-    convnext-16x1      134,490 |      -   0.983   0.983 |   352   352 |  293.0G  293.0G |   22.9   24.1
-    convnext-32x1      506,538 |  0.986   0.981   0.986 |    66   352 |  221.8G    1.1T |    8.5   39.7
-    convnext-64x2    3,755,722 |  0.981   0.983   0.986 |    44   352 |    1.1T    8.9T |   22.6  124.5
-    family                     |                        |             |    1.6T   10.3T |   54.1  188.2
-    acceleration ratio (FLOPs): 6.28x; wall-time ratio: 3.48x
+    convnext-16x1      134,490 |      -   0.983   0.983 |   352   352 |  293.0G  293.0G |   21.1   23.8
+    convnext-32x1      506,538 |  0.986   0.983   0.986 |    66   352 |  221.8G    1.1T |    8.3   42.2
+    convnext-64x2    3,755,722 |  0.983   0.986   0.986 |    44   352 |    1.1T    8.9T |   23.0  170.7
+    family                     |                        |             |    1.6T   10.3T |   52.4  236.8
+    acceleration ratio (FLOPs): 6.28x; wall-time ratio: 4.52x
 
 The chains cost 5.5x (ResNet) and 6.3x (ConvNeXt) fewer training FLOPs than
-training each model alone, and their grown models end within 0.8 points of
-their 352-step baselines (ResNet-32x2 above its own). ResNet's ``grown``
+training each model alone, and their grown models end within 0.5 points of
+their 352-step baselines (the largest of each equal to its own). ResNet's ``grown``
 column equals its predecessor's accuracy (exact growth); ConvNeXt's does not,
 as its width growth is approximate.
 """

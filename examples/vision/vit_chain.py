@@ -14,25 +14,26 @@ acceleration ratio.
 Run ``python examples/vision/vit_chain.py``; ``--smoke`` checks the script end
 to end in seconds.
 
-Measured on 2 CPU cores on 2026-11-27 (shared with other jobs, load average 1-5,
-so wall times are approximate: the first model does the same work in both
-columns):
+Measured on 2 CPU cores on 2026-11-27 with the default Chain settings (cores
+shared with other jobs, load average 4-5, so wall times are approximate: the
+first model does the same work in both columns):
 
 ``python examples/vision/vit_chain.py``::
 
     vit chain 32x2 -> 64x4 -> 128x6 on digits 8x8, exact growth, baseline 704 steps of 64, seed 0, 2 threads
     model               params |   held-out accuracy    |    steps    |   train FLOPs   |    wall s
                                |  grown   chain   alone | chain alone |   chain   alone |  chain  alone
-    vit-32x2            18,474 |      -   0.928   0.928 |   704   704 |   86.5G   86.5G |   16.0   15.2
-    vit-64x4           136,650 |  0.928   0.925   0.955 |   132   704 |  126.4G  644.8G |   10.5   45.5
-    vit-128x6          800,394 |  0.925   0.928   0.961 |    88   704 |  494.5G    3.7T |   17.5  149.0
-    family                     |                        |             |  707.4G    4.5T |   44.0  209.7
-    acceleration ratio (FLOPs): 6.32x; wall-time ratio: 4.76x
+    vit-32x2            18,474 |      -   0.930   0.930 |   704   704 |   86.5G   86.5G |   15.8   16.9
+    vit-64x4           136,650 |  0.930   0.939   0.975 |   132   704 |  126.4G  644.8G |    9.7   50.5
+    vit-128x6          800,394 |  0.939   0.947   0.964 |    88   704 |  494.5G    3.7T |   21.8  167.3
+    family                     |                        |             |  707.4G    4.5T |   47.3  234.7
+    acceleration ratio (FLOPs): 6.32x; wall-time ratio: 4.96x
 
 The chain costs 6.3x fewer training FLOPs, and each grown ViT starts exactly
-where its predecessor ended (``grown``), but with the paper's short budgets
-(132 and 88 steps against 704) the grown ViTs end about 3 points behind their
-baselines, which keep improving with size while the chain's do not.
+where its predecessor ended (``grown``) and improves on it, but with the
+paper's short budgets (132 and 88 steps against 704) the grown ViTs end 2-4
+points behind their baselines. ``docs/benchmarks.md`` measures this over three
+seeds, with the time each grown model needs to reach its baseline.
 """
 
 from __future__ import annotations
