@@ -30,6 +30,7 @@ import datetime
 import json
 import platform
 import statistics
+import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -150,7 +151,7 @@ def _run(models: Sequence[nn.Module], train: Any, val: Any, **settings: Any) -> 
     return Chain(list(models), progress=False, **settings).fit(train, val)
 
 
-def _summary(chain: Chain, offset: float = 0.0) -> list[dict[str, Any]]:
+def _summary(chain: Chain) -> list[dict[str, Any]]:
     """Per model of a fitted chain: final and grown metric, steps, FLOPs, wall time, validation curve."""
     metric = chain.report_["metric"]
     rows = []
@@ -210,7 +211,7 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, alone_cache: dict[tuple,
 
         # The grown stages again, from the chain's trained first model: same data, other settings.
         first = chain.models_[0]
-        grown = {"budgets": [0, *budgets[1:]], "baseline_budget": budgets[0], "first_trained": True, "seed": seed}
+        grown = {"baseline_budget": budgets[0], "first_trained": True, "seed": seed}
         start = time.perf_counter()
         search = _run(
             [first, *models[1:]],
@@ -290,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - began:6.0f} s] {message}", flush=True)
 
-    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict[str, Any] = {"suite": args.suite, "command": command.strip(), "machine": machine(), "ladders": {}}
     results["settings"] = attrs.asdict(suite)
     earlier = out / "results.json"
