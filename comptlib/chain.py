@@ -8,7 +8,6 @@ loss for its budget with a fresh AdamW, measure its cost, evaluate it.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -30,14 +29,16 @@ from comptlib.checkpoint import (
     save_partial,
     save_stage,
     signature,
+    trim_metrics,
     weights_hash,
+    write_lineage,
 )
 from comptlib.data import batch_size_of, loader_length, to_device
 from comptlib.distributed import STRATEGIES, Trainee, World, resolve_device, session, shard_loader
 from comptlib.family import Family, family_of
 from comptlib.grower import METHODS, Grower, GrowthError
 from comptlib.inherit import attach_lora, inherited_masks, merge_lora
-from comptlib.io import atomic_write, write_json
+from comptlib.io import append_jsonl, clean_temporaries, repair_jsonl
 from comptlib.ledger import Ledger, StageCost, count_flops
 from comptlib.precision import Precision, check_precision, usable
 from comptlib.transferer import Transferer, freeze
@@ -397,6 +398,9 @@ class Chain(BaseEstimator):
         run = Path(self.checkpoint_dir) if self.checkpoint_dir is not None else None
         if run is not None and world.main:
             run.mkdir(parents=True, exist_ok=True)
+            if self.resume:  # what a killed run left half-written
+                clean_temporaries(run)
+                repair_jsonl(run / "metrics.jsonl")
         data = fingerprint(train_loader)
         torch.manual_seed(self.seed)
         if getattr(train_loader, "generator", None) is not None:  # same seed, same data order, every fit
@@ -437,7 +441,7 @@ class Chain(BaseEstimator):
                 self.history_.append(record)
                 parent = sig
                 if run is not None and world.main:
-                    write_json(run / "lineage.json", [_lineage(r) for r in self.history_])
+                    write_lineage(run, [_lineage(r) for r in self.history_])
         world.barrier()  # every file is written before any rank returns
 
         baseline_samples = baseline_steps * self.history_[0]["batch_size"]
@@ -495,7 +499,7 @@ class Chain(BaseEstimator):
         record: dict[str, Any] = {"name": name, "params": _num_params(student), "steps": total, "val": []}
         partial = load_partial(ctx.folder, ctx.sig) if self.resume and ctx.folder is not None else None
         if ctx.folder is not None and world.main:
-            _trim_metrics(ctx.folder.parent, name, partial["progress"]["step"] if partial else -1)
+            trim_metrics(ctx.folder.parent, name, partial["progress"]["step"] if partial else -1)
         if i > 0 and partial is None:
             _evaluate(ctx, student, record, 0)
 
@@ -695,19 +699,7 @@ def _reaches(family: Family, metrics: dict[str, float], target: float) -> bool:
 
 def _log(run: Path, entry: dict[str, Any]) -> None:
     """Append one line to ``metrics.jsonl``."""
-    with open(run / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(entry) + "\n")
-
-
-def _trim_metrics(run: Path, name: str, step: int) -> None:
-    """Drop ``name``'s logged lines past ``step``: a resumed or retrained stage logs them again."""
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    keep = [e for e in lines if e.get("model") != name or e["step"] <= step]
-    if len(keep) != len(lines):
-        atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(e) + "\n" for e in keep)))
+    append_jsonl(run / "metrics.jsonl", entry)
 
 
 def _unfreeze(model: nn.Module) -> None:

@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from comptlib.io import atomic_write, save_model, write_json
+from comptlib.errors import ComptlibError
+from comptlib.io import atomic_write, read_jsonl, recover_folder, save_model, write_json
 
 STAGE_FILE = "stage.json"
 PARTIAL_FILE = "partial.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ComptlibError, ValueError):
     """A checkpoint that is corrupt or does not match the chain being resumed."""
 
 
@@ -140,10 +141,40 @@ def finished_stage(folder: Path, sig: str) -> dict[str, Any] | None:
 
 def load_stage(folder: Path, model: nn.Module, record: dict[str, Any]) -> dict[str, Any]:
     """Load a finished stage's weights into ``model`` (checked against their hash); returns its saved state."""
-    load_weights(_model_path(folder, model), model)
+    path = _model_path(folder, model)
+    recover_folder(path)
+    load_weights(path, model)
     if record.get("weights_sha256") != weights_hash(model):
         raise CheckpointError(f"{folder}: the weights do not match the hash recorded in {STAGE_FILE}")
     return _torch_load(folder / "state.pt")
+
+
+def write_lineage(run: Path, entries: list[dict[str, Any]]) -> None:
+    """Write ``lineage.json``: these stages, then any later ones the file already held (still on disk).
+
+    A resumed run that fails before it reaches its later stages must not
+    forget them.
+    """
+    path = run / "lineage.json"
+    try:
+        earlier = json.loads(path.read_text()) if path.exists() else []
+    except json.JSONDecodeError:
+        earlier = []
+    names = {e["name"] for e in entries}
+    write_json(path, entries + [e for e in earlier if isinstance(e, dict) and e.get("name") not in names])
+
+
+def trim_metrics(run: Path, name: str, step: int) -> None:
+    """Drop ``name``'s lines in ``metrics.jsonl`` past ``step`` (and a torn tail): a resumed stage logs them again."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return
+    text = path.read_text()
+    lines = read_jsonl(path)
+    keep = [e for e in lines if e.get("model") != name or e["step"] <= step]
+    rewritten = "".join(json.dumps(e) + "\n" for e in keep)
+    if rewritten != text:
+        atomic_write(path, lambda tmp: tmp.write_text(rewritten))
 
 
 def save_partial(folder: Path, state: dict[str, Any]) -> None:

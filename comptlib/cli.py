@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib.metadata import version as _version
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -48,14 +50,38 @@ def _floats(text: str | None, flag: str = "--budgets") -> list[float] | None:
         raise typer.BadParameter(f"must be comma-separated numbers, got {text!r}", param_hint=flag) from None
 
 
-def _fail(message: str, debug: bool, err: BaseException | None = None) -> None:
-    """One paragraph, exit code 2, no traceback unless --debug."""
+def _fail(message: str, debug: bool, err: BaseException | None = None, code: int = 2) -> None:
+    """One paragraph, exit code 2 (1 for a fault of the machine), no traceback unless --debug."""
     if debug and err is not None:
         raise err
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]Error:[/bold red] {message}", soft_wrap=True)
-    raise typer.Exit(2)
+    Console(stderr=True).print(f"[bold red]Error:[/bold red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _friendly(command: Callable[..., None]) -> Callable[..., None]:
+    """Errors a user can act on become one message: exit 2 for a wrong input, 1 for a full or read-only disk.
+
+    Wrong inputs are comptlib's own errors (they name the field, model, file
+    or path); anything else is a bug and keeps its traceback.
+    """
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        from comptlib.errors import ComptlibError
+
+        debug = kwargs.get("debug", False)
+        try:
+            command(*args, **kwargs)
+        except ComptlibError as err:
+            _fail(str(err), debug, err)
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            _fail(f"the machine refused a file operation{where}: {err.strerror or err}", debug, err, code=1)
+
+    return run
 
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A TOML file with the run's fields (flags win).")]
@@ -151,6 +177,7 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
 
 
 @app.command()
+@_friendly
 def grow(
     config: ConfigOpt = None,
     family: FamilyOpt = None,
@@ -221,33 +248,32 @@ def grow(
     flags |= {"data": data, "precision": precision, "compile": compile, "strategy": strategy}
     flags |= {"num_workers": num_workers, "targets": _floats(targets, "--targets"), "eval_every": eval_every}
     cfg = _config(config, debug, **flags)
-    main = _rank() == 0  # under torchrun, rank 0 alone checks --out, writes reports and prints
-    earlier = main and out.exists() and any(out.iterdir())
-    if earlier and not (resume or force):
-        _fail(f"{out} holds an earlier run: pass --resume to continue it, or --force to overwrite it.", debug)
-    chain, train, val = _setup(cfg, progress, debug, out, resume=resume)
-    if earlier and force and not resume:
-        shutil.rmtree(out)
-
+    chain, train, val = _setup(cfg, progress, debug, out, resume=resume)  # every check, before anything is written
+    main = _rank() == 0  # under torchrun, rank 0 alone owns --out, writes reports and prints
     from comptlib.distributed import DistributedError
+    from comptlib.rundir import open_run
+
+    run = open_run(out, cfg.to_dict(), resume=resume, force=force, stages=chain.names) if main else nullcontext()
+    with run:
+        try:
+            chain.fit(train, val)
+        except KeyboardInterrupt:
+            typer.echo(f"\nInterrupted. Continue from the last checkpoint in {out} with the same command and --resume.")
+            raise typer.Exit(130) from None
+        except DistributedError as err:
+            _fail(f"{err}. Continue from the last checkpoint in {out} with the same command and --resume.", debug, err)
+        if main:
+            _write_reports(out, cfg, chain)
+
+
+def _write_reports(out: Path, cfg, chain) -> None:
+    """report.json, report.md and report.png of a finished run, and the table on the terminal."""
+    from comptlib.bench import plot
     from comptlib.io import write_json
 
-    if main:
-        write_json(out / "config.json", cfg.to_dict())
-    try:
-        chain.fit(train, val)
-    except KeyboardInterrupt:
-        typer.echo(f"\nInterrupted. Continue from the last checkpoint in {out} with the same command and --resume.")
-        raise typer.Exit(130) from None
-    except DistributedError as err:
-        _fail(f"{err}. Continue from the last checkpoint in {out} with the same command and --resume.", debug, err)
-    if not main:
-        return
     write_json(
         out / "report.json", {"data": cfg.data or cfg.recipe.data, "report": chain.report_, "history": chain.history_}
     )
-    from comptlib.bench import plot
-
     picture = plot(chain, [], out / "report.png")
     _write_markdown(out / "report.md", chain.report_, cfg.data or cfg.recipe.data, picture)
     _print_report(chain.report_)
@@ -255,6 +281,7 @@ def grow(
 
 
 @app.command()
+@_friendly
 def plan(
     config: ConfigOpt = None,
     family: FamilyOpt = None,
@@ -282,6 +309,7 @@ def plan(
 
 
 @app.command()
+@_friendly
 def bench(
     config: ConfigOpt = None,
     family: FamilyOpt = None,
@@ -325,6 +353,7 @@ def bench(
 
 
 @app.command()
+@_friendly
 def check(
     source: Annotated[str, typer.Argument(help="Source: WIDTHxDEPTH, or a save_pretrained folder (its weights).")],
     target: Annotated[str, typer.Argument(help="Target: WIDTHxDEPTH, or a transformers config.json or folder.")],

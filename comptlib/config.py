@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from comptlib.errors import ConfigError
 from comptlib.recipes import RECIPES, Recipe
-
-
-class ConfigError(ValueError):
-    """A configuration value that is wrong, naming the field."""
 
 
 def _check_sizes(family: str, sizes: tuple[str, ...]) -> None:
@@ -32,8 +30,8 @@ def _sizes(instance: RunConfig, _: Any, value: tuple[str, ...]) -> None:
 def _budgets(instance: RunConfig, _: attrs.Attribute, value: tuple[float, ...]) -> None:
     if len(value) != len(instance.sizes):
         raise ConfigError(f"budgets: {len(value)} entries for {len(instance.sizes)} sizes")
-    if any(b < 0 for b in value):
-        raise ConfigError(f"budgets: must not be negative, got {list(value)}")
+    if not all(math.isfinite(b) and b >= 0 for b in value):
+        raise ConfigError(f"budgets: must be finite and not negative, got {list(value)}")
 
 
 def _in(*choices: str):
@@ -45,8 +43,8 @@ def _in(*choices: str):
 
 
 def _positive(_: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{attribute.name}: must be positive, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{attribute.name}: must be positive and finite, got {value}")
 
 
 def _non_negative(_: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -54,12 +52,35 @@ def _non_negative(_: Any, attribute: attrs.Attribute, value: int) -> None:
         raise ConfigError(f"{attribute.name}: must not be negative, got {value}")
 
 
-def _floats(value: Any) -> tuple[float, ...]:
-    return tuple(float(v) for v in value)
+def _number(name: str, kind: type = float):
+    """A converter to ``kind`` whose error names the field (attrs converters do not know it)."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{name}: must be a number, got {value!r}")
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ConfigError(f"{name}: must be a number, got {value!r}") from None
+        if kind is int and isinstance(value, float) and value != number:
+            raise ConfigError(f"{name}: must be a whole number, got {value!r}")
+        return number
+
+    return convert
 
 
-def _optional_floats(value: Any) -> tuple[float, ...] | None:
-    return None if value is None else _floats(value)
+def _numbers(name: str, optional: bool = False):
+    """A converter to a tuple of floats whose error names the field."""
+    one = _number(name)
+
+    def convert(value: Any) -> tuple[float, ...] | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, (str, bytes, int, float)) or not hasattr(value, "__iter__"):
+            raise ConfigError(f"{name}: must be a list of numbers (one per model), got {value!r}")
+        return tuple(one(v) for v in value)
+
+    return convert
 
 
 def _targets(instance: RunConfig, _: attrs.Attribute, value: tuple[float, ...] | None) -> None:
@@ -67,6 +88,8 @@ def _targets(instance: RunConfig, _: attrs.Attribute, value: tuple[float, ...] |
         raise ConfigError(
             f"targets: {len(value)} entries for {len(instance.sizes) - 1} grown models (one per size but the first)"
         )
+    if value is not None and not all(math.isfinite(t) for t in value):
+        raise ConfigError(f"targets: must be finite, got {list(value)}")
 
 
 @attrs.frozen(kw_only=True)
@@ -75,22 +98,22 @@ class RunConfig:
 
     family: str = attrs.field(validator=_in(*RECIPES))
     sizes: tuple[str, ...] = attrs.field(converter=tuple, validator=_sizes)
-    budgets: tuple[float, ...] = attrs.field(converter=_floats, validator=_budgets)
+    budgets: tuple[float, ...] = attrs.field(converter=_numbers("budgets"), validator=_budgets)
     unit: str = attrs.field(validator=_in("steps", "epochs"))
     method: str = attrs.field(default="exact", validator=_in("exact", "compt"))
     transfer: bool = True
-    lr: float = attrs.field(converter=float, validator=_positive)
-    batch_size: int = attrs.field(converter=int, validator=_positive)
-    seed: int = attrs.field(default=0, converter=int)
+    lr: float = attrs.field(converter=_number("lr"), validator=_positive)
+    batch_size: int = attrs.field(converter=_number("batch_size", int), validator=_positive)
+    seed: int = attrs.field(default=0, converter=_number("seed", int), validator=_non_negative)
     device: str = "auto"
     data: str | None = None
-    checkpoint_every: int = attrs.field(default=50, converter=int)
+    checkpoint_every: int = attrs.field(default=50, converter=_number("checkpoint_every", int), validator=_non_negative)
     precision: str = attrs.field(default="fp32", validator=_in("fp32", "bf16", "fp16"))
     compile: bool = False
     strategy: str = attrs.field(default="ddp", validator=_in("ddp", "fsdp"))
-    num_workers: int = attrs.field(default=0, converter=int, validator=_non_negative)
-    targets: tuple[float, ...] | None = attrs.field(default=None, converter=_optional_floats, validator=_targets)
-    eval_every: int = attrs.field(default=0, converter=int, validator=_non_negative)
+    num_workers: int = attrs.field(default=0, converter=_number("num_workers", int), validator=_non_negative)
+    targets: tuple[float, ...] | None = attrs.field(default=None, converter=_numbers("targets", optional=True), validator=_targets)
+    eval_every: int = attrs.field(default=0, converter=_number("eval_every", int), validator=_non_negative)
 
     @property
     def recipe(self) -> Recipe:
@@ -139,7 +162,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config: {path} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config: {path} is not UTF-8 text (byte {err.start}); TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config: {path} is not valid TOML: {err}") from None
     return data.get("chain", data)

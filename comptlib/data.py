@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from comptlib.errors import DataError, MissingDataError
+
 
 def load_digits(
     image_size: int = 8, *, val_fraction: float = 0.2, seed: int = 0
@@ -76,19 +78,52 @@ def image_folder_loaders(
     from torchvision import datasets, transforms
 
     if not Path(root).is_dir():
-        raise FileNotFoundError(f"data: no image folder at {root}")
+        raise MissingDataError(f"data: no image folder at {root}")
     transform = transforms.Compose(
         [transforms.Resize((image_size, image_size)), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
     )
-    folder = datasets.ImageFolder(str(root), transform=transform)
+    try:
+        folder = datasets.ImageFolder(str(root), transform=transform, loader=read_image)
+    except FileNotFoundError as err:  # no class folders, or a class folder without images
+        raise DataError(f"data: {root}: {err}") from None
+    if len(folder.classes) < 2:
+        raise DataError(f"data: {root} has {len(folder.classes)} class folder ({folder.classes[0]}): a classifier needs 2")
+    check_images(path for path, _ in folder.samples)
     order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(int(round(len(folder) * val_fraction)), 1)
     train, val = Subset(folder, order[n_val:]), Subset(folder, order[:n_val])
     if len(train) < batch_size:
-        raise ValueError(f"data: {root} has {len(folder)} images, too few for batches of {batch_size}")
+        raise DataError(f"data: {root} has {len(folder)} images, too few for batches of {batch_size}")
     gen = torch.Generator().manual_seed(seed)
     loaders = DataLoader(train, batch_size, shuffle=True, drop_last=True, generator=gen), DataLoader(val, 256)
     return (*loaders, len(folder.classes))
+
+
+def check_images(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Open every image and check its structure (PIL ``verify``), before anything trains; DataError names a bad file.
+
+    ``verify`` reads the file without decoding all its pixels, so a large
+    folder is checked in seconds; a file that passes it and still fails to
+    decode later is named by :func:`read_image`.
+    """
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # PIL raises many types for a bad file: name the file, say why
+            raise DataError(f"data: {path} is not a readable image ({err or type(err).__name__})") from None
+
+
+def read_image(path: str) -> Any:
+    """torchvision's image loader, with an error that names the file (a DataLoader would bury it in a traceback)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as err:
+        raise DataError(f"data: cannot read image {path} ({err or type(err).__name__})") from None
 
 
 def batch_size_of(batch: Any) -> int:
@@ -177,7 +212,7 @@ def _text_files(source: str | os.PathLike[str]) -> list[Path]:
             if p.is_file()
             and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(path).parts)
         )
-    raise FileNotFoundError(f"no text file or folder at {path}")
+    raise MissingDataError(f"data: no text file or folder at {path}")
 
 
 def load_text(source: str | os.PathLike[str] = "stdlib", *, max_bytes: int | None = None) -> str:
@@ -193,18 +228,35 @@ def load_text(source: str | os.PathLike[str] = "stdlib", *, max_bytes: int | Non
     """
     if max_bytes is not None and max_bytes <= 0:
         raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    files = _text_files(source)
     parts, total = [], 0
-    for path in _text_files(source):
+    for path in files:
         data = path.read_bytes()
+        if len(files) == 1:
+            _check_text(path, data)
         if b"\0" in data:
             continue
         parts.append(data)
         total += len(data)
         if max_bytes is not None and total >= max_bytes:
             break
-    if not parts:
-        raise ValueError(f"no text found in {source}")
-    return b"".join(parts)[:max_bytes].decode("utf-8", errors="ignore")
+    text = b"".join(parts)[:max_bytes].decode("utf-8", errors="ignore")
+    if not text:
+        raise DataError(f"data: no text found in {source} (empty, binary or not UTF-8)")
+    return text
+
+
+def _check_text(path: Path, data: bytes) -> None:
+    """A text file given on its own must be UTF-8 text: say where it is not."""
+    if not data:
+        raise DataError(f"data: {path} is empty")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"data: {path} is not UTF-8 text (byte {err.start} is {data[err.start]:#04x}); "
+            "convert it, e.g. with iconv -t utf-8"
+        ) from None
 
 
 class ByteTokenizer:
@@ -297,8 +349,8 @@ def text_loaders(
     train = _windows(ids[:split], seq_len, pad_tail=False)
     val = _windows(ids[split:], seq_len, pad_tail=True)
     if len(train) < batch_size or len(val) == 0:
-        raise ValueError(
-            f"{len(ids):,} bytes give {len(train)} training and {len(val)} held-out windows of {seq_len}: "
+        raise DataError(
+            f"data: {len(ids):,} bytes give {len(train)} training and {len(val)} held-out windows of {seq_len}: "
             f"need at least batch_size={batch_size} and 1; raise max_bytes or lower seq_len"
         )
     gen = torch.Generator().manual_seed(seed)

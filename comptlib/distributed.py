@@ -111,7 +111,16 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     """``"auto"``: CUDA when available; under several processes a bare ``"cuda"`` means this rank's GPU."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {spec!r} asks for a GPU, but torch sees none here; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {spec!r} asks for GPU {device.index}, but there are {torch.cuda.device_count()}")
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ValueError(f"device: {spec!r} is not a device comptlib trains on; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and device.index is None and launched():
         device = torch.device("cuda", local_rank)
     return device

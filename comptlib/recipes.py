@@ -13,6 +13,8 @@ from typing import Any
 import attrs
 from torch import nn
 
+from comptlib.errors import ConfigError
+
 Loaders = tuple[Any, Any]
 
 
@@ -93,7 +95,7 @@ def _vit(width: int, depth: int, num_classes: int = 10) -> nn.Module:
     from comptlib.families.vit import build_vit
 
     if width % 16:
-        raise ValueError(f"ViT width {width} must be a multiple of 16 (head_dim 16)")
+        raise ConfigError(f"sizes: ViT width {width} must be a multiple of 16 (head_dim 16)")
     return build_vit(width, depth, num_classes=num_classes)
 
 
@@ -116,7 +118,7 @@ def _lm(builder: str) -> Callable[[int, int], nn.Module]:
         from comptlib.families import decoder_lm
 
         if width % 16:
-            raise ValueError(f"{builder} width {width} must be a multiple of 16 (head_dim 16)")
+            raise ConfigError(f"sizes: {builder} width {width} must be a multiple of 16 (head_dim 16)")
         return getattr(decoder_lm, f"build_{builder}")(width, depth)
 
     return build
@@ -127,7 +129,7 @@ def _clip(width: int, depth: int) -> nn.Module:
     from comptlib.image_text import emoji_tokenizer
 
     if width % 16:
-        raise ValueError(f"CLIP width {width} must be a multiple of 16 (head_dim 16)")
+        raise ConfigError(f"sizes: CLIP width {width} must be a multiple of 16 (head_dim 16)")
     return build_clip(width, depth, vocab_size=emoji_tokenizer().vocab_size, patch_size=8)
 
 
