@@ -8,6 +8,7 @@ defaults for examples, tests and ``comptlib grow``.
 
 from __future__ import annotations
 
+import math
 import os
 import sysconfig
 from collections.abc import Iterable
@@ -64,6 +65,116 @@ def digits_loaders(
     return (
         DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen),
         DataLoader(val, batch_size=256),
+    )
+
+
+FASHION_MNIST_ENV = "COMPTLIB_FASHION_MNIST"
+_FASHION_MNIST_PLACES = (
+    "~/.cache/comptlib/fashion-mnist/usr/share/datasets/fashion-mnist",  # unpacked by the README's set-up
+    "/usr/share/datasets/fashion-mnist",  # apt-get install dataset-fashion-mnist
+)
+FASHION_MNIST_INSTALL = (
+    "mkdir -p ~/.cache/comptlib/fashion-mnist && cd /tmp && apt-get download dataset-fashion-mnist && "
+    "dpkg-deb -x dataset-fashion-mnist_*.deb ~/.cache/comptlib/fashion-mnist"
+)
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+
+def fashion_mnist_dir() -> Path:
+    """Where Fashion-MNIST's idx.gz files are: ``$COMPTLIB_FASHION_MNIST``, the comptlib cache, or Debian's place."""
+    if FASHION_MNIST_ENV in os.environ:
+        places = [os.environ[FASHION_MNIST_ENV]]
+    else:
+        places = list(_FASHION_MNIST_PLACES)
+    for place in places:
+        path = Path(place).expanduser()
+        if (path / "train-images-idx3-ubyte.gz").is_file():
+            return path
+    raise MissingDataError(
+        f"data: no Fashion-MNIST in {' or '.join(places)}; get Debian's dataset-fashion-mnist: {FASHION_MNIST_INSTALL}"
+    )
+
+
+def _idx(path: Path) -> torch.Tensor:
+    """An idx file (gzip-compressed, big-endian, unsigned bytes) as a uint8 tensor of its shape."""
+    import gzip
+
+    data = gzip.decompress(path.read_bytes())
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+        raise DataError(f"data: {path} is not an idx file of unsigned bytes")
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    body = data[4 + 4 * dims :]
+    if len(body) != math.prod(shape):
+        raise DataError(f"data: {path} is truncated: {len(body)} bytes for shape {shape}")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).view(shape)
+
+
+def load_fashion_mnist(root: str | os.PathLike[str] | None = None) -> tuple[TensorDataset, TensorDataset]:
+    """Fashion-MNIST's 60,000 training and 10,000 test images (28x28, 10 classes) as 1-channel uint8 tensors.
+
+    The test set is the held-out split, always the same one. Read from
+    Debian's ``dataset-fashion-mnist`` files (see :func:`fashion_mnist_dir`).
+    """
+    root = Path(root) if root is not None else fashion_mnist_dir()
+    splits = []
+    for prefix in ("train", "t10k"):
+        images = _idx(root / f"{prefix}-images-idx3-ubyte.gz")[:, None]
+        labels = _idx(root / f"{prefix}-labels-idx1-ubyte.gz").long()
+        if len(images) != len(labels):
+            raise DataError(f"data: {root}: {len(images)} {prefix} images but {len(labels)} labels")
+        splits.append(TensorDataset(images, labels))
+    return splits[0], splits[1]
+
+
+class Images(Dataset):
+    """uint8 images as standardised 3-channel float tensors, with optional random crop and flip.
+
+    Augmentation draws from the global torch RNG in the loading process, so
+    a seeded, checkpointed run sees the same crops again when resumed.
+    """
+
+    MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's training-set statistics, in [0, 1]
+
+    def __init__(self, data: TensorDataset, *, augment: bool = False, pad: int = 2) -> None:
+        self.images, self.labels = data.tensors
+        self.augment, self.pad = augment, pad
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = (self.images[index].float() / 255.0 - self.MEAN) / self.STD
+        if self.augment:
+            size = image.shape[-1]
+            padded = F.pad(image, (self.pad,) * 4)
+            top, left = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+            image = padded[:, top : top + size, left : left + size]
+            if torch.rand(()) < 0.5:
+                image = image.flip(-1)
+        return image.expand(3, -1, -1), self.labels[index]
+
+
+def fashion_mnist_loaders(
+    batch_size: int = 128, *, augment: bool = True, train_size: int | None = None, seed: int = 0
+) -> tuple[DataLoader, DataLoader]:
+    """Shuffled (optionally augmented: 2 px random crop, horizontal flip) training and fixed test-set loaders.
+
+    ``train_size`` keeps a seeded random subset of the 60,000 training images
+    (a data-limited regime); the 10,000 test images are always the held-out set.
+    """
+    train, test = load_fashion_mnist()
+    if train_size is not None:
+        if not 0 < train_size <= len(train):
+            raise ValueError(f"train_size must be in [1, {len(train)}], got {train_size}")
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:train_size]
+        train = TensorDataset(*(t[keep] for t in train.tensors))
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        DataLoader(Images(train, augment=augment), batch_size, shuffle=True, drop_last=True, generator=gen),
+        DataLoader(Images(test), batch_size=500),
     )
 
 

@@ -91,12 +91,18 @@ class Recipe:
         return [self.build(**self.size(s), **options) for s in sizes or self.sizes]
 
 
-def _vit(width: int, depth: int, num_classes: int = 10) -> nn.Module:
-    from comptlib.families.vit import build_vit
+def _vit_at(image_size: int, patch_size: int) -> Callable[..., nn.Module]:
+    def build(width: int, depth: int, num_classes: int = 10) -> nn.Module:
+        from comptlib.families.vit import build_vit
 
-    if width % 16:
-        raise ConfigError(f"sizes: ViT width {width} must be a multiple of 16 (head_dim 16)")
-    return build_vit(width, depth, num_classes=num_classes)
+        if width % 16:
+            raise ConfigError(f"sizes: ViT width {width} must be a multiple of 16 (head_dim 16)")
+        return build_vit(width, depth, image_size=image_size, patch_size=patch_size, num_classes=num_classes)
+
+    return build
+
+
+_vit = _vit_at(8, 2)
 
 
 def _resnet(width: int, depth: int, num_classes: int = 10) -> nn.Module:
@@ -163,6 +169,15 @@ def _digits(image_size: int) -> Callable[[int, int], Loaders]:
         return digits_loaders(batch_size, image_size=image_size, seed=seed)
 
     return loaders
+
+
+def _fashion(batch_size: int, seed: int) -> Loaders:
+    from comptlib.data import fashion_mnist_loaders
+
+    return fashion_mnist_loaders(batch_size, seed=seed)
+
+
+_FASHION = "Fashion-MNIST 28x28 (60,000 training images, crop and flip; the 10,000 test images held out)"
 
 
 def _text(batch_size: int, seed: int) -> Loaders:
@@ -246,6 +261,32 @@ RECIPES: dict[str, Recipe] = {
         _clip,
         _emoji,
         "Noto Color Emoji 32x32 with their Unicode names (~1,300 pairs)",
+    ),
+    "fashion-vit": Recipe(
+        "vit",
+        ("64x2", "80x3", "96x4"),  # about 2x parameters a step, in width and depth; 128x5 makes a fourth
+        (8.0, 1.5, 1.0),
+        "epochs",
+        2e-3,
+        128,
+        _vit_at(28, 4),
+        _fashion,
+        _FASHION,
+        user_data="images",
+        image_size=28,
+    ),
+    "fashion-resnet": Recipe(
+        "resnet",
+        ("16x1", "16x2", "24x2"),  # about 2x parameters a step
+        (8.0, 1.5, 1.0),
+        "epochs",
+        3e-3,
+        128,
+        _resnet,
+        _fashion,
+        _FASHION,
+        user_data="images",
+        image_size=28,
     ),
     "llama": Recipe("decoder_lm", ("32x2", "64x3", "128x4"), build=_lm("llama"), data=_LM_DATA, **_LM),
     "qwen2": Recipe("decoder_lm", ("32x2", "64x3", "128x4"), build=_lm("qwen2"), data=_LM_DATA, **_LM),
