@@ -31,7 +31,7 @@ class CheckpointError(ValueError):
     """A checkpoint that is corrupt or does not match the chain being resumed."""
 
 
-class Stream:
+class DataStream:
     """Batches forever, epoch after epoch, with a position that can be saved and restored.
 
     The position is the epoch, the batches taken in it, and the RNG states at
@@ -59,7 +59,7 @@ class Stream:
             self._rng["loader"] = gen.get_state()
         self._it = iter(self.loader)
 
-    def __iter__(self) -> Stream:
+    def __iter__(self) -> DataStream:
         return self
 
     def __next__(self) -> Any:
@@ -96,6 +96,10 @@ class Stream:
                 next(self._it)
             self.index = state["index"]
         torch.set_rng_state(current)
+
+
+Stream = DataStream
+"""The former name of :class:`DataStream` (a data position, not CLIP's residual stream)."""
 
 
 def signature(settings: dict[str, Any], parent: str | None) -> str:
