@@ -23,18 +23,26 @@ Check = Callable[[str, Any], None]
 """A check of one value: ``check(field, value)`` raises a ConfigError naming ``field``."""
 
 
-def setting(default: Any, help: str, check: Check | None = None, *, cli: type | None = None) -> Any:
-    """An attrs field whose validator is ``check`` and whose metadata holds its ``help`` (and CLI type)."""
+def setting(
+    default: Any, help: str, check: Check | None = None, *, cli: type | str | None = None, converter: Any = None
+) -> Any:
+    """An attrs field checked by ``check``; its metadata holds the ``help`` and the CLI's type.
+
+    ``cli`` is the flag's type (``float``, ``int``, ``str``, ``bool``), or
+    ``"floats"`` / ``"names"`` for a comma-separated list; ``None``: no flag.
+    """
 
     def validate(_: Any, attribute: attrs.Attribute, value: Any) -> None:
         if check is not None:
             check(attribute.name, value)
 
-    return attrs.field(default=default, validator=validate, metadata={"help": help, "cli": cli})
+    metadata = {"help": help, "cli": cli, "check": check}
+    return attrs.field(default=default, validator=validate, metadata=metadata, converter=converter)
 
 
 # -- checks ---------------------------------------------------------------------
-def _number(field: str, value: Any) -> float:
+def number(field: str, value: Any) -> float:
+    """A finite number (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(field, "a number", value)
     if not math.isfinite(value):
@@ -43,17 +51,17 @@ def _number(field: str, value: Any) -> float:
 
 
 def positive(field: str, value: Any) -> None:
-    if not _number(field, value) > 0:
+    if not number(field, value) > 0:
         raise ConfigError(field, "positive", value)
 
 
 def non_negative(field: str, value: Any) -> None:
-    if _number(field, value) < 0:
+    if number(field, value) < 0:
         raise ConfigError(field, "non-negative", value)
 
 
 def fraction(field: str, value: Any) -> None:
-    if not 0.0 <= _number(field, value) <= 1.0:
+    if not 0.0 <= number(field, value) <= 1.0:
         raise ConfigError(field, "in [0, 1]", value)
 
 
@@ -191,7 +199,7 @@ NONFINITE = ("stop", "skip")
 class ChainSettings:
     """The settings of :class:`~comptlib.Chain` that are neither optimiser nor runtime, checked in one place."""
 
-    budgets: Sequence[float] | None = setting(None, "Budget per model, in unit.", optional(each(budget)), cli=list)
+    budgets: Sequence[float] | None = setting(None, "Budget per model, smallest first, in the unit (comma-separated on the command line).", optional(each(budget)), cli=list)
     unit: str = setting("epochs", "Budget unit: epochs or steps.", one_of(*UNITS), cli=str)
     baseline_budget: float | None = setting(None, "Each model's budget if trained alone.", optional(non_negative))
     first_trained: bool = setting(False, "Model 0 is trained already.", flag)
@@ -201,7 +209,7 @@ class ChainSettings:
     targets: Sequence[float | None] | None = setting(
         None,
         "Budget search: a held-out metric per model; a stage stops once it gets there.",
-        optional(each(optional(_number))),
+        optional(each(optional(number))),
     )
     seed: int = setting(0, "Random seed for models, data order and growth.", integer(), cli=int)
     names: Sequence[str] | None = setting(None, "Model names (folder names of the run directory).", unique_names)
@@ -224,7 +232,10 @@ class ChainSettings:
 
 
 def declared(cls: type, name: str, **override: Any) -> Any:
-    """A copy of ``cls``'s field ``name`` (same check and help) for another declaration, e.g. the run config."""
+    """``cls``'s field ``name`` declared again (same check, help and flag) in another group, e.g. the run config.
+
+    ``override`` replaces the ``default``, ``help``, ``cli`` or ``converter``.
+    """
     field = attrs.fields_dict(cls)[name]
-    metadata = dict(field.metadata) | {k: override.pop(k) for k in ("help", "cli") if k in override}
-    return attrs.field(default=override.pop("default", field.default), validator=field.validator, metadata=metadata)
+    spec = {"default": field.default, **{k: field.metadata[k] for k in ("help", "cli", "check")}} | override
+    return setting(spec.pop("default"), spec.pop("help"), spec.pop("check"), **spec)
