@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from comptlib.callbacks import Callback, Checkpointer, Evaluation, FlopCounter, MetricsLog, ProgressBar
-from comptlib.checkpoint import DataStream, fingerprint, finished_stage, load_stage, signature, weights_hash
+from comptlib.checkpoint import DataStream, describe, fingerprint, finished_stage, load_stage, signature, weights_hash
 from comptlib.data import batch_size_of, loader_length
 from comptlib.distributed import World, resolve_device, session, shard_loader
 from comptlib.family import Family, family_of
@@ -236,8 +236,10 @@ class Chain(BaseEstimator):
         for t in self._per_link(self.transferer, "transferer"):
             if t == "auto":
                 out.append(family.transferer())
-            elif t is None or isinstance(t, Transferer):
-                out.append(copy.deepcopy(t))
+            elif t is None:
+                out.append(None)
+            elif isinstance(t, Transferer):
+                out.append(t.fresh())  # its settings, not a state an earlier fit left in it
             else:
                 raise ValueError(f"transferer must be 'auto', None or a Transferer, got {t!r}")
         return out
@@ -389,9 +391,9 @@ class Chain(BaseEstimator):
         try:
             for i, template in enumerate(self.models):
                 student = (copy.deepcopy(template) if self.copy else template).to(device)
-                link = {"grower": repr(growers[i - 1]), "transfer": repr(transferers[i - 1])} if i else {}
+                link = {"grower": describe(growers[i - 1]), "transfer": describe(transferers[i - 1])} if i else {}
                 settings = {"name": names[i], "dims": dict(family.dims(student)), "steps": steps[i], "data": data}
-                settings |= link | {k: repr(v) for k, v in self._stage_settings(i).items()}
+                settings |= link | self._stage_settings(i)
                 if world.distributed:  # another global batch and data order: another lineage
                     settings["world_size"] = world.size
                 sig = signature(settings, parent)
@@ -456,22 +458,22 @@ class Chain(BaseEstimator):
         self.report_ = self._report(family, baseline_samples)
 
     def _stage_settings(self, i: int) -> dict[str, Any]:
-        """The optimiser settings stage ``i`` trains with (part of its checkpoint signature)."""
+        """What stage ``i`` trains with, as plain data (part of its checkpoint signature)."""
         grown = i > 0
         lr, warmup = self.optim.peak(grown)
-        o = self.optim
-        return {
-            "lr": lr,
-            "warmup": warmup,
-            "weight_decay": o.weight_decay,
-            "betas": tuple(o.betas),
-            "min_lr_ratio": o.min_lr_ratio,
-            "grad_clip": o.grad_clip,
-            "seed": self.seed,
-            "trained": not (i == 0 and self.first_trained),
-            "inherited": f"lora-{self.lora_rank}" if grown and self.inherited == "lora" else "full",
-            "target": self.targets[i] if self.targets is not None else None,
-        } | self._numerics()
+        optim = {k: v for k, v in attrs.asdict(self.optim).items() if not k.startswith("grown_")}
+        return (
+            optim
+            | {
+                "lr": lr,
+                "warmup": warmup,
+                "seed": self.seed,
+                "trained": not (i == 0 and self.first_trained),
+                "inherited": f"lora-{self.lora_rank}" if grown and self.inherited == "lora" else "full",
+                "target": self.targets[i] if self.targets is not None else None,
+            }
+            | self._numerics()
+        )
 
     def _numerics(self) -> dict[str, Any]:
         """Precision settings that change the numbers trained (only when set: older lineages stay valid)."""

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
@@ -100,6 +101,28 @@ class DataStream:
 
 Stream = DataStream
 """The former name of :class:`DataStream` (a data position, not CLIP's residual stream)."""
+
+
+def describe(obj: Any) -> Any:
+    """The structured settings of a grower or transferer, for a checkpoint signature (not its repr).
+
+    Its class, its ``config`` (a frozen attrs object, as transferers have)
+    and its public plain attributes (a grower's ``method``, ``approximate``...),
+    with the transferers it is made of; two objects that would train
+    differently describe differently.
+    """
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    out: dict[str, Any] = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}"}
+    config = getattr(obj, "config", None)
+    if attrs.has(type(config)):
+        out |= attrs.asdict(config)
+    plain = (str, int, float, bool, tuple, type(None))
+    out |= {k: v for k, v in vars(obj).items() if not k.startswith("_") and k != "training" and isinstance(v, plain)}
+    if isinstance(obj, nn.Module):
+        for name, child in obj.named_children():
+            out[name] = [describe(c) for c in child] if isinstance(child, nn.ModuleList) else describe(child)
+    return out
 
 
 def signature(settings: dict[str, Any], parent: str | None) -> str:

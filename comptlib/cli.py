@@ -44,14 +44,14 @@ def _root(
     """Chain-of-Models Pre-Training (CoM-PT) for vision and language model families."""
 
 
-def _fail(message: str, debug: bool, err: BaseException | None = None) -> None:
-    """One paragraph, exit code 2, no traceback unless --debug."""
+def _fail(message: str, debug: bool, err: BaseException | None = None, code: int = 2) -> None:
+    """One paragraph, exit code 2 (bad input) or ``code``, no traceback unless --debug."""
     if debug and err is not None:
         raise err
     from rich.console import Console
 
     Console(stderr=True).print(f"[bold red]Error:[/bold red] {message}", soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A TOML file with the run's fields (flags win).")]
@@ -227,6 +227,7 @@ def grow(
         shutil.rmtree(out)
 
     from comptlib.distributed import DistributedError
+    from comptlib.errors import DivergenceError
     from comptlib.io import write_json
 
     if main:
@@ -238,6 +239,8 @@ def grow(
         raise typer.Exit(130) from None
     except DistributedError as err:
         _fail(f"{err}. Continue from the last checkpoint in {out} with the same command and --resume.", debug, err)
+    except DivergenceError as err:  # a run that failed, not bad input
+        _fail(str(err), debug, err, code=1)
     if not main:
         return
     write_json(

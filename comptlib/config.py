@@ -95,7 +95,9 @@ class RunConfig:
         converter=_tuple,
     )
     eval_every: int = declared(
-        ChainSettings, "eval_every", help="Evaluate every N steps (default: 10 with --targets, else only at stage ends)."
+        ChainSettings,
+        "eval_every",
+        help="Evaluate every N steps (default: 10 with --targets, else only at stage ends).",
     )
     on_nonfinite: str = declared(ChainSettings, "on_nonfinite")
     max_skips: int = declared(ChainSettings, "max_skips")
@@ -115,11 +117,18 @@ class RunConfig:
 
     @classmethod
     def resolve(cls, file: Path | None = None, **flags: Any) -> RunConfig:
-        """Recipe defaults, overridden by the TOML ``file``, overridden by ``flags`` that are not None."""
-        values: dict[str, Any] = {}
-        if file is not None:
-            values = _read_toml(file)
-        values |= {k: v for k, v in flags.items() if v is not None}
+        """Recipe defaults, overridden by the TOML ``file``, overridden by ``flags`` that are not None.
+
+        Every error is a :class:`ConfigError` in the CLI's style (``field: ...``).
+        """
+        try:
+            return cls._resolve(_read_toml(file) if file is not None else {}, flags)
+        except ConfigError as err:
+            raise ConfigError(err.for_cli()) from None
+
+    @classmethod
+    def _resolve(cls, values: dict[str, Any], flags: dict[str, Any]) -> RunConfig:
+        values = values | {k: v for k, v in flags.items() if v is not None}
         unknown = set(values) - {f.name for f in attrs.fields(cls)}
         if unknown:
             raise ConfigError(
@@ -130,13 +139,11 @@ class RunConfig:
         recipe = RECIPES[family]
         defaults = {"sizes": recipe.sizes, "budgets": recipe.budgets, "unit": recipe.unit}
         defaults |= {"lr": recipe.lr, "batch_size": recipe.batch_size}
-        if "sizes" in values and "budgets" not in values and len(values["sizes"]) != len(recipe.budgets):
+        if "sizes" in values and "budgets" not in values:
             _sizes(recipe, _tuple(values["sizes"]))
-            raise ConfigError(f"budgets: give one per size ({len(values['sizes'])} sizes)")
-        try:
-            return cls(**(defaults | values))
-        except ConfigError as err:
-            raise ConfigError(err.for_cli()) from None
+            if len(values["sizes"]) != len(recipe.budgets):
+                raise ConfigError(f"budgets: give one per size ({len(values['sizes'])} sizes)")
+        return cls(**(defaults | values))
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

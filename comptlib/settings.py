@@ -199,7 +199,12 @@ NONFINITE = ("stop", "skip")
 class ChainSettings:
     """The settings of :class:`~comptlib.Chain` that are neither optimiser nor runtime, checked in one place."""
 
-    budgets: Sequence[float] | None = setting(None, "Budget per model, smallest first, in the unit (comma-separated on the command line).", optional(each(budget)), cli=list)
+    budgets: Sequence[float] | None = setting(
+        None,
+        "Budget per model, smallest first, in the unit (comma-separated on the command line).",
+        optional(each(budget)),
+        cli=list,
+    )
     unit: str = setting("epochs", "Budget unit: epochs or steps.", one_of(*UNITS), cli=str)
     baseline_budget: float | None = setting(None, "Each model's budget if trained alone.", optional(non_negative))
     first_trained: bool = setting(False, "Model 0 is trained already.", flag)

@@ -251,11 +251,12 @@ class Stage:
         self.skipped.append(step)
         if self.on_nonfinite == "skip" and len(self.skipped) <= self.max_skips:
             return True
-        kept = f"; the last good checkpoint in {self.folder} is kept" if self.folder is not None else ""
+        kept = f"; the checkpoints already in {self.folder.parent} are kept" if self.folder is not None else ""
+        skips = f" after skipping {self.max_skips}" if self.on_nonfinite == "skip" else ""
         raise DivergenceError(
-            f"{self.name} diverged at step {step + 1} of {self.total} ({what}): training stopped, nothing of this "
-            f"stage was saved{kept}. Lower the learning rate, clip gradients, or pass on_nonfinite='skip' "
-            f"with max_skips > 0 ({len(self.skipped)} non-finite steps so far)."
+            f"{self.name} diverged at step {step + 1} of {self.total} ({what}){skips}: training stopped and nothing "
+            f"of this stage was saved{kept}. Lower the learning rate (lr), or skip such steps "
+            "(on_nonfinite='skip' with max_skips=N)."
         )
 
     def _finish(self) -> nn.Module:
