@@ -58,30 +58,6 @@ def test_settings_are_checked_where_they_are_made() -> None:
 runner = CliRunner()
 
 
-@pytest.mark.parametrize(
-    ("args", "toml", "message"),
-    [
-        (["--budgets", "nan,4"], None, "budgets[0]: must be finite, got nan"),
-        (["--checkpoint-every", "-5"], None, "checkpoint_every: must be at least 0, got -5"),
-        (["--lr", "inf"], None, "lr: must be finite, got inf"),
-        (["--on-nonfinite", "maybe"], None, "on_nonfinite: 'maybe' is not one of stop, skip"),
-        ([], 'lr = "fast"', "lr: must be a number, got 'fast'"),
-        ([], "budgets = 20", "budgets: must be a list, got 20"),
-        ([], 'sizes = "16x1"', "sizes: must be a list, got '16x1'"),
-        ([], 'sizes = ["16x1", "32x1"]\nbudgets = [3, 2]\nseed = 1.5', "seed: must be a whole number, got 1.5"),
-    ],
-)
-def test_bad_flags_and_toml_name_the_field(args, toml, message, tmp_path) -> None:
-    if toml is not None:
-        (tmp_path / "c.toml").write_text(toml)
-        args = [*args, "--config", str(tmp_path / "c.toml")]
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["grow", *args, "--out", str(out), "--no-progress"])
-    assert result.exit_code == 2, result.output
-    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
-    assert not out.exists()
-
-
 def test_a_diverging_run_exits_1_with_no_nan_written(tmp_path) -> None:
     out = tmp_path / "out"
     args = ["--sizes", "16x1,32x1", "--budgets", "40,10", "--unit", "steps", "--lr", "1e6", "--no-progress"]
