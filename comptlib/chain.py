@@ -47,6 +47,9 @@ class Chain(BaseEstimator):
     the objective plus ``transferer``'s distillation loss from the frozen
     predecessor, with a fresh AdamW, a short warm-up and a cosine schedule.
 
+    ``get_params(deep=True)`` lists the nested settings (``optim__lr``,
+    ``runtime__precision``, ``transferer__weight``) and ``set_params`` takes them.
+
     Parameters
     ----------
     models : freshly built models, smallest first, all of one registered family.
@@ -93,9 +96,6 @@ class Chain(BaseEstimator):
         built-in ones at each point of ``fit`` (see :mod:`comptlib.callbacks`).
     **shorthand : any :class:`Optim` or :class:`Runtime` field by itself:
         ``Chain(lr=3e-3)`` is ``Chain(optim=Optim(lr=3e-3))``.
-
-    ``get_params(deep=True)`` lists the nested settings (``optim__lr``,
-    ``runtime__precision``, ``transferer__weight``) and ``set_params`` takes them.
 
     Attributes
     ----------
