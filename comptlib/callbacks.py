@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from comptlib.checkpoint import load_partial, save_partial, save_stage
+from comptlib.checkpoint import load_partial, position, save_partial, save_stage
 from comptlib.io import atomic_write
 from comptlib.ledger import count_flops
 
@@ -160,8 +160,6 @@ class Checkpointer(Callback):
     def on_stage_end(self, stage: Stage) -> None:
         """The finished stage: weights, data position and RNG, then ``stage.json`` last."""
         if self.write and stage.folder is not None:
-            from comptlib.stage import position
-
             save_stage(stage.folder, stage.student, stage.record, position(stage.stream))
 
 

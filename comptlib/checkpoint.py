@@ -113,7 +113,7 @@ def describe(obj: Any) -> Any:
     """
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
-    out: dict[str, Any] = {"class": f"{type(obj).__module__}.{type(obj).__qualname__}"}
+    out: dict[str, Any] = {"class": type(obj).__qualname__}  # not its module: moving a class keeps the lineage
     config = getattr(obj, "config", None)
     if attrs.has(type(config)):
         out |= attrs.asdict(config)
@@ -123,6 +123,11 @@ def describe(obj: Any) -> Any:
         for name, child in obj.named_children():
             out[name] = [describe(c) for c in child] if isinstance(child, nn.ModuleList) else describe(child)
     return out
+
+
+def position(stream: DataStream) -> dict[str, Any]:
+    """Where the data stream and the global RNG stand: what a resumed run restores."""
+    return {"stream": stream.state(), "rng": torch.get_rng_state()}
 
 
 def signature(settings: dict[str, Any], parent: str | None) -> str:

@@ -1,4 +1,4 @@
-"""The ``comptlib`` command line. torch is imported lazily so ``--help`` is instant."""
+"""The ``comptlib`` command line. Its run options are generated from :class:`~comptlib.config.RunConfig`."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ what the command line (``comptlib grow --help``) and the TOML schema show;
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ def setting(
 # -- checks ---------------------------------------------------------------------
 def number(field: str, value: Any) -> float:
     """A finite number (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(field, "a number", value)
     if not math.isfinite(value):
         raise ConfigError(field, "finite", value)
@@ -69,7 +70,7 @@ def integer(low: int | None = None) -> Check:
     """A whole number, at least ``low``."""
 
     def check(field: str, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ConfigError(field, "a whole number", value)
         if low is not None and value < low:
             raise ConfigError(field, "positive" if low == 1 else f"at least {low}", value)

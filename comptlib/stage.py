@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from comptlib.callbacks import LOG_EVERY, Callback
-from comptlib.checkpoint import DataStream
+from comptlib.checkpoint import DataStream, position
 from comptlib.data import batch_size_of, to_device
 from comptlib.distributed import Trainee, World
 from comptlib.errors import DivergenceError
@@ -327,11 +327,6 @@ class Stage:
         self.skipped = list(progress.get("skipped", []))
         self.elapsed = progress["elapsed"]
         self.record["val"] = state["val"]
-
-
-def position(stream: DataStream) -> dict[str, Any]:
-    """Where the data stream and the global RNG stand: what a resumed run restores."""
-    return {"stream": stream.state(), "rng": torch.get_rng_state()}
 
 
 def _unfreeze(model: nn.Module) -> None:

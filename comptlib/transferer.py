@@ -106,17 +106,15 @@ class Transferer(nn.Module, abc.ABC):
         super().__init__()
         self.config = self.Config(weight=weight, schedule=schedule, decay_steps=decay_steps, **hyper)
 
-    @property
-    def weight(self) -> float:
-        return self.config.weight
-
-    @property
-    def schedule(self) -> str:
-        return self.config.schedule
-
-    @property
-    def decay_steps(self) -> int | None:
-        return self.config.decay_steps
+    def __getattr__(self, name: str) -> Any:
+        """A setting reads as an attribute (``transferer.weight``, ``.temperature``), from ``config``."""
+        try:
+            return super().__getattr__(name)  # parameters, buffers and submodules
+        except AttributeError:
+            config = self.__dict__.get("config")
+            if config is None or name not in attrs.fields_dict(type(config)):
+                raise
+            return getattr(config, name)
 
     # scikit-learn: Chain(transferer=...) exposes transferer__weight and friends
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -136,13 +134,14 @@ class Transferer(nn.Module, abc.ABC):
 
     def weight_at(self, step: int, total: int) -> float:
         """The loss weight at ``step`` of a stage of ``total`` steps."""
-        if self.schedule == "constant":
-            return self.weight
-        span = self.decay_steps or max(total, 1)
+        c = self.config
+        if c.schedule == "constant":
+            return c.weight
+        span = c.decay_steps or max(total, 1)
         frac = min(step / span, 1.0)
-        if self.schedule == "linear":
-            return self.weight * (1.0 - frac)
-        return self.weight * 0.5 * (1.0 + math.cos(math.pi * frac))
+        if c.schedule == "linear":
+            return c.weight * (1.0 - frac)
+        return c.weight * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     def extra_repr(self) -> str:
         own = attrs.asdict(self.config, recurse=False)
