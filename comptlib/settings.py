@@ -179,13 +179,18 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 TEACHER_DTYPES = (None, "bf16")
 
 
+def _teacher_dtype(field: str, value: Any) -> None:
+    if value not in TEACHER_DTYPES:
+        raise ConfigError(field, "None or 'bf16'", value)
+
+
 @attrs.frozen(kw_only=True)
 class Runtime(_Params):
     """Where and how the steps run; only ``precision`` and ``teacher_dtype`` change the numbers."""
 
     device: str = setting("auto", "auto, cpu or cuda[:N].", text, cli=str)
     precision: str = setting("fp32", "fp32, bf16 (autocast, GPU or CPU) or fp16 (GPU).", one_of(*PRECISIONS), cli=str)
-    teacher_dtype: str | None = setting(None, "None or bf16: a bf16 copy of the teacher.", one_of(*TEACHER_DTYPES))
+    teacher_dtype: str | None = setting(None, "None or bf16: a bf16 copy of the teacher.", _teacher_dtype)
     compile: bool = setting(False, "torch.compile the training step.", flag, cli=bool)
     strategy: str = setting(
         "ddp", "Several processes: ddp (a replica each) or fsdp (sharded).", one_of(*STRATEGIES), cli=str
