@@ -37,12 +37,12 @@ from typing import Any
 
 import torch
 
-from comptlib.chain import _optimizer
 from comptlib.distributed import Trainee, World
 from comptlib.family import family_of
 from comptlib.io import atomic_write
 from comptlib.ledger import count_flops
 from comptlib.precision import Precision, usable
+from comptlib.stage import _optimizer
 from comptlib.transferer import freeze
 
 PEAK_BF16_TFLOPS = {  # dense bf16 tensor-core peaks (no sparsity), by a substring of the device name

@@ -110,9 +110,8 @@ def ablations(family: str) -> dict[str, dict[str, Any]]:
         for warmup, how in ((0.05, "re-warm"), (0.0, "no re-warm")):
             out[f"grown LR x{scale:g}, {how}"] = {"grown_lr_scale": scale, "grown_warmup": warmup}
     out["no middle model"] = {"drop_middle": True}
-    default = Chain([]).get_params() | {"transferer": repr(_default_transferer(family))}
     # A variant that only restates the defaults is the default row, not a run of its own.
-    return {k: v for k, v in out.items() if k == "default" or not _is_default(v, default)}
+    return {k: v for k, v in out.items() if k == "default" or not _is_default(v, family)}
 
 
 def _default_transferer(family: str) -> Any:
@@ -121,13 +120,19 @@ def _default_transferer(family: str) -> Any:
     return families()[family].transferer()
 
 
-def _is_default(settings: dict[str, Any], default: dict[str, Any]) -> bool:
-    for key, value in settings.items():
-        if key == "transferer":
-            value = repr(value)
-        if key not in default or default[key] != value:
-            return False
-    return True
+def _is_default(settings: dict[str, Any], family: str) -> bool:
+    try:
+        variant = Chain([], **settings)
+    except ValueError:  # not a Chain setting (e.g. drop_middle)
+        return False
+    return _comparable(variant, family) == _comparable(Chain([]), family)
+
+
+def _comparable(chain: Chain, family: str) -> dict[str, Any]:
+    """A chain's settings with its transferer by repr ("auto": the family's default), so equal settings compare equal."""
+    params = chain.get_params(deep=False)
+    transferer = params["transferer"]
+    return params | {"transferer": repr(_default_transferer(family) if transferer == "auto" else transferer)}
 
 
 def _seeded_model(recipe: str, size: str, seed: int) -> nn.Module:

@@ -1,21 +1,30 @@
 """comptlib: Chain-of-Models Pre-Training for vision and language families."""
 
+from comptlib.callbacks import Callback
 from comptlib.chain import Chain
+from comptlib.errors import ComptError, ConfigError, DivergenceError
 from comptlib.family import Family, Outputs, families, family_of, register_family
 from comptlib.grower import Grower, GrowthCheck, GrowthError, grow
+from comptlib.settings import Optim, Runtime
 from comptlib.transferer import FeatureMSE, LogitKL, Transferer, WeightedSum
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Callback",
     "Chain",
+    "ComptError",
+    "ConfigError",
+    "DivergenceError",
     "FeatureMSE",
     "Family",
     "Grower",
     "GrowthCheck",
     "GrowthError",
     "LogitKL",
+    "Optim",
     "Outputs",
+    "Runtime",
     "Transferer",
     "WeightedSum",
     "families",

@@ -18,21 +18,22 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
-from comptlib.errors import ComptlibError
+from comptlib.errors import ComptError
 from comptlib.io import atomic_write, read_jsonl, recover_folder, save_model, write_json
 
 STAGE_FILE = "stage.json"
 PARTIAL_FILE = "partial.pt"
 
 
-class CheckpointError(ComptlibError, ValueError):
+class CheckpointError(ComptError, ValueError):
     """A checkpoint that is corrupt or does not match the chain being resumed."""
 
 
-class Stream:
+class DataStream:
     """Batches forever, epoch after epoch, with a position that can be saved and restored.
 
     The position is the epoch, the batches taken in it, and the RNG states at
@@ -60,7 +61,7 @@ class Stream:
             self._rng["loader"] = gen.get_state()
         self._it = iter(self.loader)
 
-    def __iter__(self) -> Stream:
+    def __iter__(self) -> DataStream:
         return self
 
     def __next__(self) -> Any:
@@ -97,6 +98,37 @@ class Stream:
                 next(self._it)
             self.index = state["index"]
         torch.set_rng_state(current)
+
+
+Stream = DataStream
+"""The former name of :class:`DataStream` (a data position, not CLIP's residual stream)."""
+
+
+def describe(obj: Any) -> Any:
+    """The structured settings of a grower or transferer, for a checkpoint signature (not its repr).
+
+    Its class, its ``config`` (a frozen attrs object, as transferers have)
+    and its public plain attributes (a grower's ``method``, ``approximate``...),
+    with the transferers it is made of; two objects that would train
+    differently describe differently.
+    """
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    out: dict[str, Any] = {"class": type(obj).__qualname__}  # not its module: moving a class keeps the lineage
+    config = getattr(obj, "config", None)
+    if attrs.has(type(config)):
+        out |= attrs.asdict(config)
+    plain = (str, int, float, bool, tuple, type(None))
+    out |= {k: v for k, v in vars(obj).items() if not k.startswith("_") and k != "training" and isinstance(v, plain)}
+    if isinstance(obj, nn.Module):
+        for name, child in obj.named_children():
+            out[name] = [describe(c) for c in child] if isinstance(child, nn.ModuleList) else describe(child)
+    return out
+
+
+def position(stream: DataStream) -> dict[str, Any]:
+    """Where the data stream and the global RNG stand: what a resumed run restores."""
+    return {"stream": stream.state(), "rng": torch.get_rng_state()}
 
 
 def signature(settings: dict[str, Any], parent: str | None) -> str:

@@ -1,18 +1,22 @@
-"""The ``comptlib`` command line. torch is imported lazily so ``--help`` is instant."""
+"""The ``comptlib`` command line. Its run options are generated from :class:`~comptlib.config.RunConfig`."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import subprocess
 import sys
 from collections.abc import Callable
-from importlib.metadata import version as _version
 from contextlib import nullcontext
+from importlib.metadata import version as _version
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import attrs
 import typer
+
+from comptlib.config import ConfigError, RunConfig
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep, not spin, on shared cores
 
@@ -41,17 +45,8 @@ def _root(
     """Chain-of-Models Pre-Training (CoM-PT) for vision and language model families."""
 
 
-def _floats(text: str | None, flag: str = "--budgets") -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise typer.BadParameter(f"must be comma-separated numbers, got {text!r}", param_hint=flag) from None
-
-
 def _fail(message: str, debug: bool, err: BaseException | None = None, code: int = 2) -> None:
-    """One paragraph, exit code 2 (1 for a fault of the machine), no traceback unless --debug."""
+    """One paragraph, exit code 2 (bad input) or ``code``, no traceback unless --debug."""
     if debug and err is not None:
         raise err
     from rich.console import Console
@@ -62,20 +57,24 @@ def _fail(message: str, debug: bool, err: BaseException | None = None, code: int
 
 
 def _friendly(command: Callable[..., None]) -> Callable[..., None]:
-    """Errors a user can act on become one message: exit 2 for a wrong input, 1 for a full or read-only disk.
+    """comptlib's own errors become one message: exit 2 for a wrong input, 1 for a failed run or a disk fault.
 
-    Wrong inputs are comptlib's own errors (they name the field, model, file
-    or path); anything else is a bug and keeps its traceback.
+    comptlib's errors name the field, model, file or path; anything else is
+    a bug and keeps its traceback.
     """
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> None:
-        from comptlib.errors import ComptlibError
+        from comptlib.errors import ComptError, DivergenceError
 
         debug = kwargs.get("debug", False)
         try:
             command(*args, **kwargs)
-        except ComptlibError as err:
+        except ConfigError as err:
+            _fail(err.for_cli(), debug, err)
+        except DivergenceError as err:  # a run that failed, not bad input
+            _fail(str(err), debug, err, code=1)
+        except ComptError as err:
             _fail(str(err), debug, err)
         except OSError as err:
             where = f" ({err.filename})" if err.filename else ""
@@ -85,19 +84,60 @@ def _friendly(command: Callable[..., None]) -> Callable[..., None]:
 
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="A TOML file with the run's fields (flags win).")]
-FamilyOpt = Annotated[
-    Optional[str], typer.Option(help="vit, resnet, convnext, clip, llama, qwen2 or gpt2 [default: vit].")
-]
-SizesOpt = Annotated[Optional[str], typer.Option(help="Sizes, smallest first, WIDTHxDEPTH,... [default: the recipe's]")]
-BudgetsOpt = Annotated[Optional[str], typer.Option(help="Budget per model, comma-separated, in --unit.")]
-UnitOpt = Annotated[Optional[str], typer.Option(help="Budget unit: epochs or steps.")]
-MethodOpt = Annotated[Optional[str], typer.Option(help="Growth: exact (function-preserving) or compt (the paper's).")]
-BatchOpt = Annotated[Optional[int], typer.Option(help="Batch size.")]
-DataOpt = Annotated[
-    Optional[str], typer.Option(help="Your data instead of the built-in: an image folder, or a text file or folder.")
-]
-SeedOpt = Annotated[Optional[int], typer.Option(help="Random seed for models, data order and growth.")]
 DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
+
+
+def _parse(field: attrs.Attribute, text: Any) -> Any:
+    """A flag's value as the field takes it: a comma-separated list becomes a list."""
+    kind = field.metadata["cli"]
+    if text is None or kind not in ("floats", "names"):
+        return text
+    if kind == "names":
+        return text.split(",")
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        flag = "--" + field.name.replace("_", "-")
+        raise typer.BadParameter(f"must be comma-separated numbers, got {text!r}", param_hint=flag) from None
+
+
+def _option(field: attrs.Attribute, default: Any = None) -> inspect.Parameter:
+    """The typer option of a :class:`~comptlib.config.RunConfig` field: its flag, type and help."""
+    kind, flag = field.metadata["cli"], field.name.replace("_", "-")
+    if kind is bool:
+        info, annotation = typer.Option(f"--{flag}/--no-{flag}", help=field.metadata["help"]), Optional[bool]
+    else:
+        info, annotation = typer.Option(help=field.metadata["help"]), Optional[kind if isinstance(kind, type) else str]
+    if default is not None:
+        annotation = type(default)
+    return inspect.Parameter(
+        field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[annotation, info]
+    )
+
+
+def settings(*names: str, **defaults: Any):
+    """Give a command a flag for each named RunConfig field (all with a flag when none is named).
+
+    The command takes them as one ``flags`` dict (parsed; None where not given);
+    ``defaults`` replaces a flag's None default.
+    """
+    fields = [f for f in attrs.fields(RunConfig) if f.metadata.get("cli") and (not names or f.name in names)]
+
+    def decorate(command):
+        params = inspect.signature(command, eval_str=True).parameters.values()
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params if p.name != "flags"]
+        first = 1 if own and own[0].name == "config" else sum(p.default is p.empty for p in own)
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            flags = {f.name: _parse(f, kwargs.pop(f.name)) for f in fields}
+            return command(flags=flags, **kwargs)
+
+        generated = [_option(f, defaults.get(f.name)) for f in fields]
+        run.__signature__ = inspect.Signature([*own[:first], *generated, *own[first:]])
+        return run
+
+    return decorate
 
 
 def _rank() -> int:
@@ -119,12 +159,7 @@ def _relaunch(nproc: int) -> None:
     raise typer.Exit(subprocess.call([*launcher, "-m", "comptlib", *args]))
 
 
-def _config(config: Path | None, debug: bool, **flags: Any):
-    from comptlib.config import ConfigError, RunConfig
-
-    if flags.get("sizes") is not None:
-        flags["sizes"] = tuple(flags["sizes"].split(","))
-    flags["budgets"] = _floats(flags.get("budgets"))
+def _config(config: Path | None, debug: bool, **flags: Any) -> RunConfig:
     try:
         return RunConfig.resolve(config, **flags)
     except ConfigError as err:
@@ -149,25 +184,24 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
         train, val = (rebuild(loader, num_workers=cfg.num_workers, pin_memory=pin) for loader in (train, val))
     torch.manual_seed(cfg.seed)
     models = cfg.recipe.models(cfg.sizes, **options)
+    from comptlib.settings import ChainSettings, Optim, Runtime
+
     chain = Chain(
         models,
         grower=cfg.recipe.grower(cfg.method),
         transferer="auto" if cfg.transfer else None,
-        budgets=list(cfg.budgets),
-        unit=cfg.unit,
-        lr=cfg.lr,
-        device=cfg.device,
-        seed=cfg.seed,
-        names=[s if s in cfg.recipe.presets else f"{cfg.family}-{s}" for s in cfg.sizes],
-        progress=progress,
-        checkpoint_dir=None if out is None else str(out),
-        checkpoint_every=cfg.checkpoint_every,
-        resume=resume,
-        precision=cfg.precision,
-        compile=cfg.compile,
-        strategy=cfg.strategy,
-        targets=None if cfg.targets is None else [None, *cfg.targets],
-        eval_every=cfg.eval_every or (10 if cfg.targets else 0),
+        optim=Optim(**cfg.group(Optim)),
+        runtime=Runtime(**cfg.group(Runtime)),
+        **cfg.group(ChainSettings)
+        | {
+            "budgets": list(cfg.budgets),
+            "names": [s if s in cfg.recipe.presets else f"{cfg.family}-{s}" for s in cfg.sizes],
+            "progress": progress,
+            "checkpoint_dir": None if out is None else str(out),
+            "resume": resume,
+            "targets": None if cfg.targets is None else [None, *cfg.targets],
+            "eval_every": cfg.eval_every or (10 if cfg.targets else 0),
+        },
     )
     try:
         chain.validate(train)
@@ -178,46 +212,16 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
 
 @app.command()
 @_friendly
+@settings()
 def grow(
     config: ConfigOpt = None,
-    family: FamilyOpt = None,
-    sizes: SizesOpt = None,
-    budgets: BudgetsOpt = None,
-    unit: UnitOpt = None,
-    method: MethodOpt = None,
-    transfer: Annotated[
-        Optional[bool], typer.Option("--transfer/--no-transfer", help="Distil from the predecessor.")
-    ] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the first model.")] = None,
-    data: DataOpt = None,
-    batch_size: BatchOpt = None,
-    seed: SeedOpt = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda[:N].")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Mid-stage checkpoint every N steps.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 (autocast, GPU or CPU) or fp16 (GPU).")] = None,
-    compile: Annotated[
-        Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the training step.")
-    ] = None,
-    strategy: Annotated[
-        Optional[str], typer.Option(help="Several processes: ddp (a replica each) or fsdp (sharded).")
-    ] = None,
-    num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes per rank.")] = None,
-    targets: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Budget search: a held-out metric per grown model (e.g. 0.95,0.96); each stage stops once it "
-            "gets there, its budget only a cap."
-        ),
-    ] = None,
-    eval_every: Annotated[
-        Optional[int], typer.Option(help="Evaluate every N steps [default: 10 with --targets, else only stage ends].")
-    ] = None,
+    flags: dict[str, Any] | None = None,
     nproc: Annotated[
         int, typer.Option(help="Train data-parallel on N local processes (runs torchrun for you); 1: no.")
     ] = 1,
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/default"),
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
-    force: Annotated[bool, typer.Option(help="Overwrite an earlier run in --out.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace the comptlib run in --out (only its own files).")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     debug: DebugOpt = False,
 ) -> None:
@@ -243,10 +247,6 @@ def grow(
         _fail(f"--nproc must be at least 1, got {nproc}", debug)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch(nproc)
-    flags = {"family": family, "sizes": sizes, "budgets": budgets, "unit": unit, "method": method, "transfer": transfer}
-    flags |= {"lr": lr, "batch_size": batch_size, "seed": seed, "device": device, "checkpoint_every": checkpoint_every}
-    flags |= {"data": data, "precision": precision, "compile": compile, "strategy": strategy}
-    flags |= {"num_workers": num_workers, "targets": _floats(targets, "--targets"), "eval_every": eval_every}
     cfg = _config(config, debug, **flags)
     chain, train, val = _setup(cfg, progress, debug, out, resume=resume)  # every check, before anything is written
     main = _rank() == 0  # under torchrun, rank 0 alone owns --out, writes reports and prints
@@ -266,7 +266,7 @@ def grow(
             _write_reports(out, cfg, chain)
 
 
-def _write_reports(out: Path, cfg, chain) -> None:
+def _write_reports(out: Path, cfg: RunConfig, chain: Any) -> None:
     """report.json, report.md and report.png of a finished run, and the table on the terminal."""
     from comptlib.bench import plot
     from comptlib.io import write_json
@@ -282,17 +282,8 @@ def _write_reports(out: Path, cfg, chain) -> None:
 
 @app.command()
 @_friendly
-def plan(
-    config: ConfigOpt = None,
-    family: FamilyOpt = None,
-    sizes: SizesOpt = None,
-    budgets: BudgetsOpt = None,
-    unit: UnitOpt = None,
-    data: DataOpt = None,
-    batch_size: BatchOpt = None,
-    seed: SeedOpt = None,
-    debug: DebugOpt = False,
-) -> None:
+@settings("family", "sizes", "budgets", "unit", "data", "batch_size", "seed")
+def plan(config: ConfigOpt = None, flags: dict[str, Any] | None = None, debug: DebugOpt = False) -> None:
     """Dry run: each model's parameters and measured FLOPs per sample, and the projected acceleration ratio.
 
     Nothing is trained. Examples:
@@ -301,8 +292,7 @@ def plan(
 
         comptlib plan --family llama --sizes 64x2,128x4,256x4,512x8 --budgets 600,120,80,80
     """
-    flags = {"family": family, "sizes": sizes, "budgets": budgets, "unit": unit, "batch_size": batch_size, "seed": seed}
-    cfg = _config(config, debug, **flags, data=data)
+    cfg = _config(config, debug, **flags)
     chain, train, _ = _setup(cfg, False, debug)
     projected = chain.plan(train)
     _print_plan(projected, cfg)
@@ -310,17 +300,10 @@ def plan(
 
 @app.command()
 @_friendly
+@settings("family", "sizes", "budgets", "unit", "method", "data", "batch_size", "seed", "eval_every", eval_every=20)
 def bench(
     config: ConfigOpt = None,
-    family: FamilyOpt = None,
-    sizes: SizesOpt = None,
-    budgets: BudgetsOpt = None,
-    unit: UnitOpt = None,
-    method: MethodOpt = None,
-    data: DataOpt = None,
-    batch_size: BatchOpt = None,
-    seed: SeedOpt = None,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps, for the curves.")] = 20,
+    flags: dict[str, Any] | None = None,
     out: Annotated[Path, typer.Option(help="Where bench.json and bench.png go.")] = Path("runs/bench"),
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     debug: DebugOpt = False,
@@ -334,16 +317,14 @@ def bench(
 
         comptlib bench --family resnet --out runs/resnet-bench
     """
-    flags = {"family": family, "sizes": sizes, "budgets": budgets, "unit": unit, "method": method}
-    cfg = _config(config, debug, **flags, batch_size=batch_size, seed=seed, data=data)
+    cfg = _config(config, debug, **flags)
     chain, train, val = _setup(cfg, progress, debug)
-    chain.set_params(eval_every=eval_every)
     from comptlib.bench import compare, fit_alone, format_table, plot
     from comptlib.io import write_json
 
     chain.fit(train, val)
-    settings = {k: chain.get_params()[k] for k in ("unit", "lr", "seed", "device", "progress", "eval_every")}
-    alone = fit_alone(chain.models, train, val, budget=cfg.budgets[0], names=chain.names, **settings)
+    shared = {k: chain.get_params()[k] for k in ("unit", "optim", "runtime", "seed", "progress", "eval_every")}
+    alone = fit_alone(chain.models, train, val, budget=cfg.budgets[0], names=chain.names, **shared)
     result = compare(chain, alone)
     write_json(out / "bench.json", {"config": cfg.to_dict(), "data": cfg.recipe.data, **result})
     picture = plot(chain, alone, out / "bench.png")
@@ -354,12 +335,11 @@ def bench(
 
 @app.command()
 @_friendly
+@settings("family", "method", "seed")
 def check(
     source: Annotated[str, typer.Argument(help="Source: WIDTHxDEPTH, or a save_pretrained folder (its weights).")],
     target: Annotated[str, typer.Argument(help="Target: WIDTHxDEPTH, or a transformers config.json or folder.")],
-    family: Annotated[str, typer.Option(help="vit, resnet, convnext, clip, llama, qwen2 or gpt2.")] = "vit",
-    method: Annotated[str, typer.Option(help="exact or compt.")] = "exact",
-    seed: Annotated[int, typer.Option(help="Seed of both models' random init.")] = 0,
+    flags: dict[str, Any] | None = None,
     weights: Annotated[
         Optional[Path],
         typer.Option(help="The source's trained weights: a safetensors file or a save_pretrained folder."),
@@ -381,15 +361,15 @@ def check(
         comptlib check runs/llama/llama-32x2/model bigger/config.json --family llama
     """
     hub = [_transformers_model(arg, pretrained=i == 0, debug=debug) for i, arg in enumerate((source, target))]
-    sizes = ",".join("1x1" if model is not None else arg for model, arg in zip(hub, (source, target)))
-    cfg = _config(None, debug, family=family, sizes=sizes, budgets="1,1", seed=seed, method=method)
+    sizes = ["1x1" if model is not None else arg for model, arg in zip(hub, (source, target))]
+    cfg = _config(None, debug, **flags, sizes=sizes, budgets=[1, 1])
     import torch
 
     from comptlib.family import family_of
 
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.seed)
     small, large = (m if m is not None else cfg.recipe.models((arg,))[0] for m, arg in zip(hub, (source, target)))
-    grower = family_of(small).grower(method, **cfg.recipe.grower_options)
+    grower = family_of(small).grower(cfg.method, **cfg.recipe.grower_options)
     try:
         grower.validate(small, large)
     except (ValueError, TypeError) as err:
@@ -404,7 +384,7 @@ def check(
         except CheckpointError as err:
             _fail(str(err), debug, err)
     grower.grow(small, large)
-    train, _ = cfg.recipe.loaders(4, seed)
+    train, _ = cfg.recipe.loaders(4, cfg.seed)
     report = grower.check(small, large, _inputs(next(iter(train))))
     _print_check(family_of(small).dims(small), family_of(large).dims(large), report)
 

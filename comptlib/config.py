@@ -1,8 +1,12 @@
-"""A run's configuration: from flags or a TOML file, validated before anything runs."""
+"""A run's configuration (``comptlib grow``): from flags or a TOML file, validated before anything runs.
+
+:class:`RunConfig` is the TOML schema and the source of the CLI's options: its
+fields are the declarations of :mod:`comptlib.settings` (same checks, same
+help) plus what only a run from the command line has (family, sizes, data).
+"""
 
 from __future__ import annotations
 
-import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -10,110 +14,102 @@ from typing import Any
 import attrs
 
 from comptlib.errors import ConfigError
+from comptlib.grower import METHODS
 from comptlib.recipes import RECIPES, Recipe
+from comptlib.settings import (
+    ChainSettings,
+    Optim,
+    Runtime,
+    declared,
+    each,
+    flag,
+    integer,
+    number,
+    optional,
+    setting,
+    text,
+)
+
+__all__ = ["ConfigError", "RunConfig"]
 
 
-def _check_sizes(family: str, sizes: tuple[str, ...]) -> None:
+def _family(field: str, value: Any) -> None:
+    if value not in RECIPES:  # read at run time: recipes registered later count
+        raise ConfigError(f"{field}: {value!r} is not one of {', '.join(RECIPES)}")
+
+
+def _sizes(recipe: Recipe, sizes: Any) -> None:
+    each(text)("sizes", sizes)
     if not sizes:
         raise ConfigError("sizes: give at least one WIDTHxDEPTH")
     for size in sizes:
         try:
-            RECIPES[family].size(size)
+            recipe.size(size)
         except ValueError as err:
             raise ConfigError(f"sizes: {err}") from None
 
 
-def _sizes(instance: RunConfig, _: Any, value: tuple[str, ...]) -> None:
-    _check_sizes(instance.family, value)
+def _method(field: str, value: Any) -> None:
+    if value not in METHODS:
+        raise ConfigError(field, "one of " + ", ".join(METHODS), value)
 
 
-def _budgets(instance: RunConfig, _: attrs.Attribute, value: tuple[float, ...]) -> None:
-    if len(value) != len(instance.sizes):
-        raise ConfigError(f"budgets: {len(value)} entries for {len(instance.sizes)} sizes")
-    if not all(math.isfinite(b) and b >= 0 for b in value):
-        raise ConfigError(f"budgets: must be finite and not negative, got {list(value)}")
-
-
-def _in(*choices: str):
-    def check(_: Any, attribute: attrs.Attribute, value: str) -> None:
-        if value not in choices:
-            raise ConfigError(f"{attribute.name}: {value!r} is not one of {', '.join(choices)}")
-
-    return check
-
-
-def _positive(_: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"{attribute.name}: must be positive and finite, got {value}")
-
-
-def _non_negative(_: Any, attribute: attrs.Attribute, value: int) -> None:
-    if value < 0:
-        raise ConfigError(f"{attribute.name}: must not be negative, got {value}")
-
-
-def _number(name: str, kind: type = float):
-    """A converter to ``kind`` whose error names the field (attrs converters do not know it)."""
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{name}: must be a number, got {value!r}")
-        try:
-            number = kind(value)
-        except ValueError:
-            raise ConfigError(f"{name}: must be a number, got {value!r}") from None
-        if kind is int and isinstance(value, float) and value != number:
-            raise ConfigError(f"{name}: must be a whole number, got {value!r}")
-        return number
-
-    return convert
-
-
-def _numbers(name: str, optional: bool = False):
-    """A converter to a tuple of floats whose error names the field."""
-    one = _number(name)
-
-    def convert(value: Any) -> tuple[float, ...] | None:
-        if value is None and optional:
-            return None
-        if isinstance(value, (str, bytes, int, float)) or not hasattr(value, "__iter__"):
-            raise ConfigError(f"{name}: must be a list of numbers (one per model), got {value!r}")
-        return tuple(one(v) for v in value)
-
-    return convert
-
-
-def _targets(instance: RunConfig, _: attrs.Attribute, value: tuple[float, ...] | None) -> None:
-    if value is not None and len(value) != len(instance.sizes) - 1:
-        raise ConfigError(
-            f"targets: {len(value)} entries for {len(instance.sizes) - 1} grown models (one per size but the first)"
-        )
-    if value is not None and not all(math.isfinite(t) for t in value):
-        raise ConfigError(f"targets: must be finite, got {list(value)}")
+def _tuple(value: Any) -> Any:
+    """TOML and flags give lists; the config keeps tuples (anything else is left for the check to name)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 @attrs.frozen(kw_only=True)
 class RunConfig:
-    """Everything ``comptlib grow`` needs to run a chain; fields default to the family's recipe."""
+    """Everything ``comptlib grow`` needs to run a chain; recipe fields default to the family's recipe.
 
-    family: str = attrs.field(validator=_in(*RECIPES))
-    sizes: tuple[str, ...] = attrs.field(converter=tuple, validator=_sizes)
-    budgets: tuple[float, ...] = attrs.field(converter=_numbers("budgets"), validator=_budgets)
-    unit: str = attrs.field(validator=_in("steps", "epochs"))
-    method: str = attrs.field(default="exact", validator=_in("exact", "compt"))
-    transfer: bool = True
-    lr: float = attrs.field(converter=_number("lr"), validator=_positive)
-    batch_size: int = attrs.field(converter=_number("batch_size", int), validator=_positive)
-    seed: int = attrs.field(default=0, converter=_number("seed", int), validator=_non_negative)
-    device: str = "auto"
-    data: str | None = None
-    checkpoint_every: int = attrs.field(default=50, converter=_number("checkpoint_every", int), validator=_non_negative)
-    precision: str = attrs.field(default="fp32", validator=_in("fp32", "bf16", "fp16"))
-    compile: bool = False
-    strategy: str = attrs.field(default="ddp", validator=_in("ddp", "fsdp"))
-    num_workers: int = attrs.field(default=0, converter=_number("num_workers", int), validator=_non_negative)
-    targets: tuple[float, ...] | None = attrs.field(default=None, converter=_numbers("targets", optional=True), validator=_targets)
-    eval_every: int = attrs.field(default=0, converter=_number("eval_every", int), validator=_non_negative)
+    Each field is a TOML key of ``[chain]`` and a ``--flag`` of the CLI.
+    """
+
+    family: str = setting("vit", "The recipe: " + ", ".join(RECIPES) + ".", _family, cli=str)
+    sizes: tuple[str, ...] = setting(
+        None, "Sizes, smallest first, WIDTHxDEPTH,... (default: the recipe's).", cli="names", converter=_tuple
+    )
+    budgets: tuple[float, ...] = declared(ChainSettings, "budgets", cli="floats", converter=_tuple)
+    unit: str = declared(ChainSettings, "unit", default=None)
+    method: str = setting("exact", "Growth: exact (function-preserving) or compt (the paper's).", _method, cli=str)
+    transfer: bool = setting(True, "Distil from the predecessor.", flag, cli=bool)
+    lr: float = declared(Optim, "lr", default=None)
+    batch_size: int = setting(None, "Batch size.", integer(1), cli=int)
+    seed: int = declared(ChainSettings, "seed")
+    device: str = declared(Runtime, "device")
+    data: str | None = setting(
+        None, "Your data instead of the built-in: an image folder, or a text file or folder.", optional(text), cli=str
+    )
+    checkpoint_every: int = declared(ChainSettings, "checkpoint_every", default=50)
+    precision: str = declared(Runtime, "precision")
+    compile: bool = declared(Runtime, "compile")
+    strategy: str = declared(Runtime, "strategy")
+    num_workers: int = setting(0, "Data-loading worker processes per rank.", integer(0), cli=int)
+    targets: tuple[float, ...] | None = setting(
+        None,
+        "Budget search: a held-out metric per grown model (e.g. 0.95,0.96); each stage stops once it gets there, "
+        "its budget only a cap (evaluated every --eval-every steps, 10 if not given).",
+        optional(each(number)),
+        cli="floats",
+        converter=_tuple,
+    )
+    eval_every: int = declared(
+        ChainSettings,
+        "eval_every",
+        help="Evaluate every N steps (default: 10 with --targets, else only at stage ends).",
+    )
+    on_nonfinite: str = declared(ChainSettings, "on_nonfinite")
+    max_skips: int = declared(ChainSettings, "max_skips")
+
+    def __attrs_post_init__(self) -> None:
+        _sizes(self.recipe, self.sizes)
+        if len(self.budgets) != len(self.sizes):
+            raise ConfigError(f"budgets: {len(self.budgets)} entries for {len(self.sizes)} sizes")
+        if self.targets is not None and len(self.targets) != len(self.sizes) - 1:
+            raise ConfigError(
+                f"targets: {len(self.targets)} entries for {len(self.sizes) - 1} grown models (one per size but the first)"
+            )
 
     @property
     def recipe(self) -> Recipe:
@@ -121,41 +117,41 @@ class RunConfig:
 
     @classmethod
     def resolve(cls, file: Path | None = None, **flags: Any) -> RunConfig:
-        """Recipe defaults, overridden by the TOML ``file``, overridden by ``flags`` that are not None."""
-        values: dict[str, Any] = {}
-        if file is not None:
-            values = _read_toml(file)
-        values |= {k: v for k, v in flags.items() if v is not None}
-        family = values.get("family", "vit")
-        if family not in RECIPES:
-            raise ConfigError(f"family: {family!r} is not one of {', '.join(RECIPES)}")
-        recipe = RECIPES[family]
-        defaults = {
-            "family": family,
-            "sizes": recipe.sizes,
-            "budgets": recipe.budgets,
-            "unit": recipe.unit,
-            "lr": recipe.lr,
-            "batch_size": recipe.batch_size,
-        }
-        if "sizes" in values:
-            _check_sizes(family, tuple(values["sizes"]))
-        if "sizes" in values and "budgets" not in values and len(values["sizes"]) != len(recipe.budgets):
-            raise ConfigError(f"budgets: give one per size ({len(values['sizes'])} sizes)")
+        """Recipe defaults, overridden by the TOML ``file``, overridden by ``flags`` that are not None.
+
+        Every error is a :class:`ConfigError` in the CLI's style (``field: ...``).
+        """
+        try:
+            return cls._resolve(_read_toml(file) if file is not None else {}, flags)
+        except ConfigError as err:
+            raise ConfigError(err.for_cli()) from None
+
+    @classmethod
+    def _resolve(cls, values: dict[str, Any], flags: dict[str, Any]) -> RunConfig:
+        values = values | {k: v for k, v in flags.items() if v is not None}
         unknown = set(values) - {f.name for f in attrs.fields(cls)}
         if unknown:
             raise ConfigError(
                 f"{sorted(unknown)[0]}: unknown field; fields are {', '.join(f.name for f in attrs.fields(cls))}"
             )
-        try:
-            return cls(**(defaults | values))
-        except (TypeError, ValueError) as err:
-            if isinstance(err, ConfigError):
-                raise
-            raise ConfigError(str(err)) from None
+        family = values.get("family", "vit")
+        _family("family", family)
+        recipe = RECIPES[family]
+        defaults = {"sizes": recipe.sizes, "budgets": recipe.budgets, "unit": recipe.unit}
+        defaults |= {"lr": recipe.lr, "batch_size": recipe.batch_size}
+        if "sizes" in values and "budgets" not in values:
+            _sizes(recipe, _tuple(values["sizes"]))
+            if len(values["sizes"]) != len(recipe.budgets):
+                raise ConfigError(f"budgets: give one per size ({len(values['sizes'])} sizes)")
+        return cls(**(defaults | values))
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+    def group(self, cls: type) -> dict[str, Any]:
+        """The fields that are ``cls``'s settings (an :class:`Optim`, :class:`Runtime`...), to build it with."""
+        names = {f.name for f in attrs.fields(cls)}
+        return {k: v for k, v in self.to_dict().items() if k in names}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -32,8 +32,6 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Ra
 
 from comptlib.family import Outputs
 
-STRATEGIES = ("ddp", "fsdp")
-
 
 class DistributedError(RuntimeError):
     """Another rank failed: this one stops too, instead of waiting for it forever."""
@@ -313,11 +311,13 @@ class Trainee:
         finally:
             self.eager.reshard()
 
-    def clip_grad_norm_(self, params: list[nn.Parameter], max_norm: float) -> None:
-        """Clip the gradients of ``params`` (the student's, sharded or not, and a transferer's) by their total norm."""
+    def clip_grad_norm_(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Clip the gradients of ``params`` (the student's, sharded or not, and a transferer's) by their total norm.
+
+        Returns the norm before clipping (non-finite when a gradient is).
+        """
         if not self.sharded:
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-            return
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
         from torch.distributed.tensor import DTensor
 
         groups = [
@@ -333,6 +333,7 @@ class Trainee:
         for group in groups:
             if group:
                 torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+        return total
 
     # -- checkpoints: full (unsharded) state, the same files with or without FSDP --
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -15,14 +15,14 @@ import attrs
 import torch
 from torch import nn
 
-from comptlib.errors import ComptlibError
+from comptlib.errors import ComptError
 from comptlib.ops import Canvas
 
 Method = Literal["exact", "compt"]
 METHODS: tuple[str, ...] = ("exact", "compt")
 
 
-class GrowthError(ComptlibError, ValueError):
+class GrowthError(ComptError, ValueError):
     """A growth that cannot be done, naming the dimension and why.
 
     Raised by :meth:`Grower.validate` before any weight is written (and by

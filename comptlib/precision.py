@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from comptlib.family import Outputs
+from comptlib.settings import PRECISIONS, TEACHER_DTYPES
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-TEACHER_DTYPES = (None, "bf16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -81,6 +80,11 @@ class Precision:
             return
         self.scaler.step(opt)
         self.scaler.update()
+
+    def skip(self, opt: torch.optim.Optimizer) -> None:
+        """Leave out this step's update (its gradients are dropped by the caller)."""
+        if self.scaler is not None:
+            self.scaler.update()  # unscale_ ran: the scaler must move on to the next step
 
     def state_dict(self) -> dict[str, Any]:
         return self.scaler.state_dict() if self.scaler is not None else {}

@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import attrs
 
-from comptlib.errors import ComptlibError
+from comptlib.errors import ComptError
 from comptlib.io import TMP_SUFFIX, clean_temporaries, repair_jsonl, write_json
 
 MARKER = ".comptlib-run.json"
@@ -46,7 +46,7 @@ RESUMABLE = frozenset(
 """Config fields a resumed run may change: which stages exist, how long they train, where and how fast."""
 
 
-class RunDirError(ComptlibError, ValueError):
+class RunDirError(ComptError, ValueError):
     """A run directory that cannot be used as asked: it names the path and why."""
 
 

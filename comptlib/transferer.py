@@ -4,22 +4,58 @@ A :class:`Transferer` turns the outputs of the frozen predecessor (teacher)
 and of the grown model (student) into a weighted loss. It owns the trainable
 projector when feature sizes differ, or uses the grower's fixed feature map
 after exact growth, and it has a weight schedule.
+
+Settings and state are kept apart: a transferer's hyper-parameters are a
+frozen :class:`TransferConfig` (``transferer.config``, what the checkpoint
+signature and ``get_params`` read; ``config.build()`` makes a fresh loss
+module), its state is the projector that :meth:`Transferer.setup` builds.
 """
 
 from __future__ import annotations
 
 import abc
+import copy
 import math
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from comptlib.family import Outputs
+from comptlib.settings import flag, integer, non_negative, one_of, optional, positive, setting
 
 SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
 PROJECTORS: tuple[str, ...] = ("auto", "linear", "fixed")
+
+
+@attrs.frozen(kw_only=True)
+class TransferConfig:
+    """The hyper-parameters every transferer has: its weight and the weight's schedule."""
+
+    weight: float = setting(1.0, "Loss weight.", non_negative)
+    schedule: str = setting("constant", "constant, linear or cosine decay of the weight.", one_of(*SCHEDULES))
+    decay_steps: int | None = setting(None, "Steps the decay runs over (None: the stage).", optional(integer(1)))
+
+
+@attrs.frozen(kw_only=True)
+class FeatureMSEConfig(TransferConfig):
+    weight: float = setting(500.0, "Loss weight (the paper's 500).", non_negative)
+    normalize: bool = setting(True, "L2-normalise both features first.", flag)
+    projector: str = setting("auto", "auto, linear or fixed (the grower's feature map).", one_of(*PROJECTORS))
+
+    def build(self) -> FeatureMSE:
+        return FeatureMSE(**attrs.asdict(self))
+
+
+@attrs.frozen(kw_only=True)
+class LogitKLConfig(TransferConfig):
+    temperature: float = setting(2.0, "Softmax temperature.", positive)
+
+    def build(self) -> LogitKL:
+        return LogitKL(**attrs.asdict(self))
 
 
 def freeze(teacher: nn.Module) -> nn.Module:
@@ -64,33 +100,52 @@ class Transferer(nn.Module, abc.ABC):
     (1.0, 0.5)
     """
 
-    _hyperparameters: tuple[str, ...] = ()  # a subclass's own settings, shown in its repr (and so in checkpoints)
+    Config: ClassVar[type[TransferConfig]] = TransferConfig
 
-    def __init__(self, weight: float = 1.0, schedule: str = "constant", decay_steps: int | None = None) -> None:
+    def __init__(self, weight: float = 1.0, schedule: str = "constant", decay_steps: int | None = None, **hyper: Any):
         super().__init__()
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        if decay_steps is not None and decay_steps <= 0:
-            raise ValueError(f"decay_steps must be positive, got {decay_steps}")
-        self.weight = weight
-        self.schedule = schedule
-        self.decay_steps = decay_steps
+        self.config = self.Config(weight=weight, schedule=schedule, decay_steps=decay_steps, **hyper)
+
+    def __getattr__(self, name: str) -> Any:
+        """A setting reads as an attribute (``transferer.weight``, ``.temperature``), from ``config``."""
+        try:
+            return super().__getattr__(name)  # parameters, buffers and submodules
+        except AttributeError:
+            config = self.__dict__.get("config")
+            if config is None or name not in attrs.fields_dict(type(config)):
+                raise
+            return getattr(config, name)
+
+    # scikit-learn: Chain(transferer=...) exposes transferer__weight and friends
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return attrs.asdict(self.config, recurse=False)
+
+    def set_params(self, **params: Any) -> Transferer:
+        self.config = attrs.evolve(self.config, **params)
+        return self
+
+    def fresh(self) -> Transferer:
+        """A new loss module with these settings and none of this one's state (its projector)."""
+        build = getattr(self.config, "build", None)
+        return build() if build is not None else copy.deepcopy(self)
+
+    def __sklearn_clone__(self) -> Transferer:
+        return self.fresh()
 
     def weight_at(self, step: int, total: int) -> float:
         """The loss weight at ``step`` of a stage of ``total`` steps."""
-        if self.schedule == "constant":
-            return self.weight
-        span = self.decay_steps or max(total, 1)
+        c = self.config
+        if c.schedule == "constant":
+            return c.weight
+        span = c.decay_steps or max(total, 1)
         frac = min(step / span, 1.0)
-        if self.schedule == "linear":
-            return self.weight * (1.0 - frac)
-        return self.weight * 0.5 * (1.0 + math.cos(math.pi * frac))
+        if c.schedule == "linear":
+            return c.weight * (1.0 - frac)
+        return c.weight * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     def extra_repr(self) -> str:
-        settings = {"weight": self.weight, "schedule": self.schedule, "decay_steps": self.decay_steps}
-        settings |= {k: getattr(self, k) for k in self._hyperparameters}
+        own = attrs.asdict(self.config, recurse=False)
+        settings = {k: own.pop(k) for k in ("weight", "schedule", "decay_steps")} | own  # the shared ones first
         return ", ".join(f"{k}={v!r}" for k, v in settings.items())
 
     def setup(self, student: Outputs, teacher: Outputs, feature_map: torch.Tensor | None = None) -> None:
@@ -142,7 +197,7 @@ class FeatureMSE(Transferer):
     Linear(in_features=64, out_features=32, bias=False)
     """
 
-    _hyperparameters = ("normalize", "projector")
+    Config = FeatureMSEConfig
 
     def __init__(
         self,
@@ -153,24 +208,21 @@ class FeatureMSE(Transferer):
         schedule: str = "constant",
         decay_steps: int | None = None,
     ) -> None:
-        super().__init__(weight, schedule, decay_steps)
-        if projector not in PROJECTORS:
-            raise ValueError(f"projector must be one of {PROJECTORS}, got {projector!r}")
-        self.normalize = normalize
-        self.projector = projector
+        super().__init__(weight, schedule, decay_steps, normalize=normalize, projector=projector)
         self.proj: nn.Linear | None = None
         self.register_buffer("fixed_map", None)
 
     def setup(self, student: Outputs, teacher: Outputs, feature_map: torch.Tensor | None = None) -> None:
         ds, dt = student.features.shape[-1], teacher.features.shape[-1]
-        if self.projector == "fixed" and feature_map is None:
+        projector = self.config.projector
+        if projector == "fixed" and feature_map is None:
             raise ValueError("projector='fixed' needs a feature map, which only exact growth provides")
-        use_map = feature_map is not None and self.projector in ("auto", "fixed")
+        use_map = feature_map is not None and projector in ("auto", "fixed")
         if use_map:
             if tuple(feature_map.shape) != (ds, dt):
                 raise ValueError(f"feature map has shape {tuple(feature_map.shape)}, expected ({ds}, {dt})")
             self.fixed_map = feature_map.to(student.features)
-        elif ds != dt or self.projector == "linear":
+        elif ds != dt or projector == "linear":
             self.proj = nn.Linear(ds, dt, bias=False).to(student.features)
 
     def divergence(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
@@ -182,7 +234,7 @@ class FeatureMSE(Transferer):
             s = self.proj(s)
         if s.shape[-1] != t.shape[-1]:
             raise ValueError(f"student features have {s.shape[-1]} dims, teacher {t.shape[-1]}; call setup first")
-        if self.normalize:
+        if self.config.normalize:
             s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
         return F.mse_loss(s, t)
 
@@ -211,7 +263,7 @@ class LogitKL(Transferer):
     True
     """
 
-    _hyperparameters = ("temperature",)
+    Config = LogitKLConfig
 
     def __init__(
         self,
@@ -221,17 +273,14 @@ class LogitKL(Transferer):
         schedule: str = "constant",
         decay_steps: int | None = None,
     ) -> None:
-        super().__init__(weight, schedule, decay_steps)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
+        super().__init__(weight, schedule, decay_steps, temperature=temperature)
 
     def divergence(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
         s = _valid(student.logits, student.mask)
         t = _valid(teacher.logits, student.mask).detach()
         if s.shape[-1] != t.shape[-1]:
             raise ValueError(f"student has {s.shape[-1]} logits, teacher {t.shape[-1]}: the label space must match")
-        tau = self.temperature
+        tau = self.config.temperature
         log_s = F.log_softmax(s.float() / tau, dim=-1)
         log_t = F.log_softmax(t.float() / tau, dim=-1)
         return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * tau**2
@@ -262,6 +311,16 @@ class WeightedSum(Transferer):
         if not terms:
             raise ValueError("WeightedSum needs at least one term")
         self.terms = nn.ModuleList(terms)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"terms": list(self.terms)}
+
+    def set_params(self, **params: Any) -> WeightedSum:
+        self.terms = nn.ModuleList(params.get("terms", self.terms))
+        return self
+
+    def fresh(self) -> WeightedSum:
+        return WeightedSum([term.fresh() for term in self.terms])
 
     def setup(self, student: Outputs, teacher: Outputs, feature_map: torch.Tensor | None = None) -> None:
         for term in self.terms:

@@ -267,7 +267,8 @@ def test_a_torn_metrics_line_does_not_block_resume(tmp_path, finished) -> None:
     lineage = (out / "lineage.json").read_text()
     result = runner.invoke(app, ["grow", *TINY, "--out", str(out), "--resume"])
     assert result.exit_code == 0, result.output
-    for line in (out / "metrics.jsonl").read_text().splitlines():
+    metrics = out / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
         json.loads(line)
     assert (out / "lineage.json").read_text() == lineage
 
@@ -314,6 +315,19 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_diverged_run_fails_and_writes_nothing_non_finite(tmp_path) -> None:
+    out = tmp_path / "out"
+    args = ["--sizes", "16x1,32x1", "--budgets", "40,10", "--unit", "steps", "--lr", "1e6", "--no-progress"]
+    result = runner.invoke(app, ["grow", *args, "--checkpoint-every", "5", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "vit-16x1" in flat(result.output) and "step" in flat(result.output)
+    assert "acceleration ratio" not in result.output and not (out / "report.json").exists()
+    metrics = out / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        assert "NaN" not in line and "Infinity" not in line
+        json.loads(line)
 
 
 def test_check_with_corrupt_weights(tmp_path) -> None:
@@ -374,6 +388,13 @@ def _api_cases():
         ("warmup", chain(warmup=2.0), ValueError, "warmup"),
         ("names count", chain(names=["a"]), ValueError, "names"),
         ("bogus device", chain(device="tpu9"), ValueError, "device"),
+        ("lr nan", chain(lr=float("nan")), ValueError, "lr"),
+        ("lr a word", chain(lr="fast"), ValueError, "lr"),
+        ("budgets not a list", chain(budgets=20, unit="steps"), ValueError, "budgets"),
+        ("budget nan", chain(budgets=[float("nan"), 4], unit="steps"), ValueError, "budgets"),
+        ("checkpoint every negative", chain(checkpoint_every=-5), ValueError, "checkpoint_every"),
+        ("name climbs out", chain(names=["../x", "y"]), ValueError, "../x"),
+        ("name is absolute", chain(names=["x", "/abs/y"]), ValueError, "/abs/y"),
         ("grow backwards", lambda tmp: grow(*_vits((32, 1), (16, 1))), ValueError, "hidden_dim"),
         ("corrupt weights", corrupt_weights, ValueError, "w.safetensors"),
         ("empty text", empty_text, ValueError, "empty.txt"),

@@ -85,11 +85,11 @@ def test_sklearn_conventions(digits) -> None:
         family(), budgets=[2, 1, 1], unit="steps", lr=1e-3, transferer=FeatureMSE(weight=10.0), progress=False
     )
     params = chain.get_params()
-    assert params["lr"] == 1e-3 and params["budgets"] == [2, 1, 1]
-    chain.set_params(lr=2e-3, grower="compt")
-    assert chain.lr == 2e-3 and chain.grower == "compt"
+    assert params["optim__lr"] == 1e-3 and params["budgets"] == [2, 1, 1]
+    chain.set_params(optim__lr=2e-3, grower="compt")
+    assert chain.optim.lr == 2e-3 and chain.grower == "compt"
     twin = clone(chain)
-    assert twin is not chain and twin.get_params()["lr"] == 2e-3
+    assert twin is not chain and twin.get_params()["optim__lr"] == 2e-3
     assert twin.models[0] is not chain.models[0] and twin.transferer is not chain.transferer
     assert not hasattr(twin, "models_")
     assert twin.fit(digits[0]) is twin and len(twin.models_) == 3

@@ -82,6 +82,15 @@ def test_grow_from_a_toml_config(tmp_path) -> None:
         ([], "sizes = [", "not valid TOML"),
         (["--targets", "0.9"], None, "targets: 1 entries for 2 grown models"),
         (["--targets", "0.9,high"], None, "comma-separated numbers"),
+        # every numeric setting is checked finite and in range, naming the field
+        (["--budgets", "nan,4"], None, "budgets[0]: must be finite, got nan"),
+        (["--checkpoint-every", "-5"], None, "checkpoint_every: must be at least 0, got -5"),
+        (["--lr", "inf"], None, "lr: must be finite, got inf"),
+        (["--on-nonfinite", "maybe"], None, "on_nonfinite: 'maybe' is not one of stop, skip"),
+        ([], 'lr = "fast"', "lr: must be a number, got 'fast'"),
+        ([], "budgets = 20", "budgets: must be a list, got 20"),
+        ([], 'sizes = "16x1"', "sizes: must be a list, got '16x1'"),
+        ([], 'sizes = ["16x1", "32x1"]\nbudgets = [3, 2]\nseed = 1.5', "seed: must be a whole number, got 1.5"),
     ],
 )
 def test_bad_input_is_one_clear_message_with_exit_code_2(args, toml, message, tmp_path) -> None:

@@ -45,8 +45,8 @@ if target == "metrics.jsonl":
             die()
         original(path, entry)
     io.append_jsonl = append
-    import comptlib.chain
-    comptlib.chain.append_jsonl = append
+    import comptlib.callbacks
+    comptlib.callbacks.append_jsonl = append
 else:
     original = io.fsync_path
     def fsync(path):

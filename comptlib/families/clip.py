@@ -52,7 +52,8 @@ from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import Grower, GrowthCheck, GrowthError, Method, require_growth
 from comptlib.image_text import EOS_ID, PAD_ID
 from comptlib.ops import Canvas, compt_depth_map, exact_depth_map, head_dims, mean_rows, norm_scale
-from comptlib.transferer import FeatureMSE, LogitKL, Transferer
+from comptlib.settings import non_negative, one_of, positive, setting
+from comptlib.transferer import PROJECTORS, FeatureMSE, LogitKL, TransferConfig, Transferer
 
 TOWERS = ("text", "vision")
 _TOWER_GROW = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
@@ -413,6 +414,15 @@ def _transposed(out: Outputs) -> Outputs:
     return attrs.evolve(out, logits=out.logits.T)
 
 
+@attrs.frozen(kw_only=True)
+class CLIPFeatureMSEConfig(TransferConfig):
+    weight: float = setting(500.0, "Loss weight (the paper's 500).", non_negative)
+    projector: str = setting("auto", "auto, linear or fixed, per modality.", one_of(*PROJECTORS))
+
+    def build(self) -> CLIPFeatureMSE:
+        return CLIPFeatureMSE(**attrs.asdict(self))
+
+
 class CLIPFeatureMSE(Transferer):
     """The paper's CLIP loss: ``weight * [MSE(norm(s_img), norm(t_img)) + MSE(norm(s_txt), norm(t_txt))]``.
 
@@ -420,6 +430,8 @@ class CLIPFeatureMSE(Transferer):
     modality when the embedding sizes differ, or the grower's fixed map
     (its diagonal blocks) after exact growth.
     """
+
+    Config = CLIPFeatureMSEConfig
 
     def __init__(
         self,
@@ -429,7 +441,7 @@ class CLIPFeatureMSE(Transferer):
         schedule: str = "constant",
         decay_steps: int | None = None,
     ) -> None:
-        super().__init__(weight, schedule, decay_steps)
+        super().__init__(weight, schedule, decay_steps, projector=projector)
         self.image = FeatureMSE(1.0, projector=projector)
         self.text = FeatureMSE(1.0, projector=projector)
 
@@ -443,9 +455,19 @@ class CLIPFeatureMSE(Transferer):
         return sum(term.divergence(_half(student, part), _half(teacher, part)) for part, term in terms)
 
 
+@attrs.frozen(kw_only=True)
+class CLIPLogitKLConfig(TransferConfig):
+    temperature: float = setting(1.0, "Softmax temperature.", positive)
+
+    def build(self) -> CLIPLogitKL:
+        return CLIPLogitKL(**attrs.asdict(self))
+
+
 class CLIPLogitKL(Transferer):
     """Cross-modal distillation: KL from the teacher's to the student's image-to-text and text-to-image
     similarity distributions over the batch, averaged (each model at its own learned temperature)."""
+
+    Config = CLIPLogitKLConfig
 
     def __init__(
         self,
@@ -455,7 +477,7 @@ class CLIPLogitKL(Transferer):
         schedule: str = "constant",
         decay_steps: int | None = None,
     ) -> None:
-        super().__init__(weight, schedule, decay_steps)
+        super().__init__(weight, schedule, decay_steps, temperature=temperature)
         self.kl = LogitKL(1.0, temperature=temperature)
 
     def divergence(self, student: Outputs, teacher: Outputs) -> torch.Tensor:

@@ -1,0 +1,335 @@
+"""One link of a chain: grow the student from its trained predecessor, then train it against objective + transfer.
+
+:class:`Stage` is what a stage *is*; what watches it (checkpoints, the budget
+search, progress, ``metrics.jsonl``, FLOP counting) are the hooks of
+:mod:`comptlib.callbacks`, called at fixed points of :meth:`Stage.run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from comptlib.callbacks import LOG_EVERY, Callback
+from comptlib.checkpoint import DataStream, position
+from comptlib.data import batch_size_of, to_device
+from comptlib.distributed import Trainee, World
+from comptlib.errors import DivergenceError
+from comptlib.family import Family
+from comptlib.grower import Grower
+from comptlib.inherit import attach_lora, inherited_masks, merge_lora
+from comptlib.ledger import StageCost
+from comptlib.precision import Precision, usable
+from comptlib.settings import Optim, Runtime
+from comptlib.transferer import Transferer, freeze
+
+
+def _lr_lambda(total: int, warmup: int, floor: float):
+    """Linear warm-up to 1, then cosine decay to ``floor``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total - warmup, 1)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float, betas: Sequence[float]):
+    """AdamW with weight decay on matrices only (not on norms and biases); fused, 2-3x faster a step."""
+    params = [p for p in params if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@attrs.define(eq=False)
+class Stage:
+    """Model ``index`` of a chain as it grows and trains; what the hooks read, and where they ask it to stop."""
+
+    index: int
+    name: str
+    family: Family
+    student: nn.Module
+    total: int  # the budget, in steps
+    trained: bool  # False: a pre-trained first model, measured for one step, not updated
+    stream: DataStream
+    val_loader: Iterable[Any] | None
+    device: torch.device
+    world: World
+    optim: Optim
+    runtime: Runtime
+    callbacks: Sequence[Callback]
+    teacher: nn.Module | None = None
+    grower: Grower | None = None
+    transfer: Transferer | None = None
+    lora_rank: int | None = None  # train the inherited weights through LoRA of this rank
+    template: nn.Module | None = None  # the fresh student, for the LoRA masks
+    target: float | None = None
+    folder: Path | None = None
+    signature: str = ""
+    on_nonfinite: str = "stop"
+    max_skips: int = 0
+    # what the steps change
+    step: int = 0
+    phase: str = "grown"  # "grown" (before training), "train", "end"
+    stop: bool = False
+    reached: bool = False
+    resume_from: dict[str, Any] | None = None
+    flops: list[float] = attrs.Factory(lambda: [0.0, 0.0])  # per sample: student step, teacher forward
+    samples: int = 0
+    losses: list[torch.Tensor] = attrs.Factory(list)
+    transfer_losses: list[torch.Tensor] = attrs.Factory(list)
+    skipped: list[int] = attrs.Factory(list)
+    local_batch: int = 0
+    record: dict[str, Any] = attrs.Factory(dict)
+    elapsed: float = 0.0  # training seconds, evaluations left out
+    _start: float = 0.0
+    _clock: float = 0.0  # seconds spent evaluating since _start
+    # the training machinery, built by _setup
+    fmap: torch.Tensor | None = attrs.field(init=False, default=None)
+    first: Any = attrs.field(init=False, default=None)
+    amp: Precision = attrs.field(init=False, default=None)
+    teacher_run: nn.Module | None = attrs.field(init=False, default=None)
+    trainee: Trainee = attrs.field(init=False, default=None)
+    params: list[nn.Parameter] = attrs.field(init=False, factory=list)
+    transfer_params: list[nn.Parameter] = attrs.field(init=False, factory=list)
+    opt: torch.optim.Optimizer = attrs.field(init=False, default=None)
+    sched: Any = attrs.field(init=False, default=None)
+
+    def _fire(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def _watch(self, role: str) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        for callback in self.callbacks:
+            context = callback.watch(self, role)
+            if context is not None:
+                stack.enter_context(context)
+        return stack
+
+    def evaluate(self, model: nn.Module | None = None) -> None:
+        """Evaluate on the validation loader (if any) into ``record["val"]``; a pause of the stage's clock."""
+        if self.val_loader is None:
+            return
+        paused = time.perf_counter()
+        if model is None:  # mid-stage: the training student, gathered if sharded
+            with self.trainee.gathered() as model:
+                metrics = self.family.evaluate(model, self.val_loader, self.device)
+            self.student.train()
+        else:
+            metrics = self.family.evaluate(model, self.val_loader, self.device)
+        metrics = self.world.mean_metrics(metrics)
+        self.record["val"].append({"step": self.step, **metrics})
+        self._clock += time.perf_counter() - paused
+        self._fire("on_evaluate", metrics)
+
+    # -- the stage, top to bottom ---------------------------------------------------
+    def run(self) -> nn.Module:
+        """Grow, train and evaluate; returns the trained student (``record`` is its history entry)."""
+        self._grow()
+        self.record = {"name": self.name, "params": num_params(self.student), "steps": self.total, "val": []}
+        self._fire("on_stage_start")
+        if self.teacher is not None and self.resume_from is None:
+            self.evaluate(self.student)  # right after growth: what the student inherited
+        self._setup()
+        self.phase = "train"
+        self._train()
+        self.phase = "end"
+        return self._finish()
+
+    def _grow(self) -> None:
+        if self.teacher is None:
+            return
+        self.teacher = freeze(self.teacher)
+        if self.grower is not None:
+            self.grower.grow(self.teacher, self.student)
+            self.fmap = self.grower.feature_map(self.teacher, self.student)
+        if self.lora_rank is not None:
+            masks = inherited_masks(self.grower, self.teacher, copy.deepcopy(self.template).to(self.device))
+            attach_lora(self.student, masks, self.lora_rank)
+
+    def _setup(self) -> None:
+        """The first batch, the transfer's projector, precision, the optimiser and schedule; a resumed stage's state."""
+        self.first = to_device(next(self.stream), self.device)
+        self.local_batch = batch_size_of(self.first)
+        self.record["batch_size"] = self.local_batch * self.world.size  # the global batch
+        if self.transfer is not None:
+            self.transfer.to(self.device)
+            with torch.no_grad():
+                forward = self.family.forward
+                self.transfer.setup(forward(self.student, self.first), forward(self.teacher, self.first), self.fmap)
+            self.world.broadcast(self.transfer)  # one projector init on every rank
+        rt = self.runtime
+        self.amp = Precision(rt.precision, rt.teacher_dtype, self.device)
+        self.teacher_run = self.amp.teacher(self.teacher) if self.teacher is not None else None
+        self.trainee = Trainee(self.student, self.family.forward, self.world, self.device, rt.strategy, rt.compile)
+        self.transfer_params = list(self.transfer.parameters()) if self.transfer is not None else []
+        self.params = self.trainee.parameters() + self.transfer_params
+        lr, warmup = self.optim.peak(grown=self.index > 0)
+        self.opt = _optimizer(self.params, lr, self.optim.weight_decay, self.optim.betas)
+        schedule = _lr_lambda(self.total, int(round(warmup * self.total)), self.optim.min_lr_ratio)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
+        if self.resume_from is not None:
+            self.load_state_dict(self.resume_from)
+
+    def _train(self) -> None:
+        """The step loop: batch, teacher forward, student forward, loss, backward, step."""
+        family, amp, opt = self.family, self.amp, self.opt
+        self.student.train()
+        self._start, self._clock = time.perf_counter() - self.elapsed, 0.0
+        for step in range(self.step, self.total if self.trained else 1):
+            batch = self.first if step == 0 else to_device(next(self.stream), self.device)
+            t_out = None
+            if self.teacher_run is not None:
+                with self._watch("teacher"), torch.inference_mode(), amp.teacher_autocast():
+                    t_out = family.forward(self.teacher_run, batch)
+                t_out = usable(t_out)
+            with self._watch("student"):
+                with amp.autocast():
+                    out = self.trainee(batch, eager=step == 0)
+                    loss = out.loss
+                    if self.transfer is not None:
+                        extra = self.transfer(out, t_out, step, self.total)
+                        loss = loss + extra
+                amp.backward(loss)
+            if not self.trained:  # a pre-trained first model: one measured step, no update
+                opt.zero_grad(set_to_none=True)
+                break
+            self.world.average_gradients(self.transfer_params)  # the student's are averaged by DDP/FSDP
+            amp.unscale(opt)
+            norm = self.trainee.clip_grad_norm_(self.params, self.optim.grad_clip) if self.optim.grad_clip else None
+            if self._diverged(step, loss, norm):
+                amp.skip(opt)
+            else:
+                amp.step(opt)
+                self.losses.append(loss.detach())
+                if self.transfer is not None:
+                    self.transfer_losses.append(extra.detach())
+            opt.zero_grad(set_to_none=True)
+            self.sched.step()
+            self.samples += batch_size_of(batch) * self.world.size
+            self.step = step + 1
+            if (self.step % LOG_EVERY == 0 or self.step == self.total) and self.losses:
+                loss_now = self.world.mean(self.losses[-1]).item()
+                self._fire("on_log", {"loss": loss_now, "lr": self.sched.get_last_lr()[0]})
+            self._fire("on_step_end")
+            if self.stop:
+                break
+        self.elapsed = self.elapsed_now()
+
+    def _diverged(self, step: int, loss: torch.Tensor, norm: torch.Tensor | None) -> bool:
+        """Whether this step's update must be skipped; raises :class:`DivergenceError` where it must stop.
+
+        The gradient norm is checked too when clipping computes it (not under
+        fp16, whose GradScaler skips overflowing steps itself).
+        """
+        finite = torch.isfinite(loss.detach())
+        if norm is not None and self.amp.scaler is None:
+            finite = finite & torch.isfinite(norm)
+        if finite.item():
+            return False
+        what = f"loss {loss.item():.4g}" + (f", gradient norm {norm.item():.4g}" if norm is not None else "")
+        self.skipped.append(step)
+        if self.on_nonfinite == "skip" and len(self.skipped) <= self.max_skips:
+            return True
+        kept = f"; the checkpoints already in {self.folder.parent} are kept" if self.folder is not None else ""
+        skips = f" after skipping {self.max_skips}" if self.on_nonfinite == "skip" else ""
+        raise DivergenceError(
+            f"{self.name} diverged at step {step + 1} of {self.total} ({what}){skips}: training stopped and nothing "
+            f"of this stage was saved{kept}. Lower the learning rate (lr), or skip such steps "
+            "(on_nonfinite='skip' with max_skips=N)."
+        )
+
+    def _finish(self) -> nn.Module:
+        """Unwrap and merge the student, hand the teacher back, evaluate, and fill ``record``."""
+        student = self.trainee.unwrap()
+        if self.lora_rank is not None:
+            merge_lora(student)
+        if self.teacher is not None:
+            _unfreeze(self.teacher.to(self.device))
+        if not self.reached:
+            self.evaluate(student)
+        world, record = self.world, self.record
+        cost = StageCost(self.name, self.flops[0], self.flops[1], self.samples)
+        record["loss"] = world.mean(torch.stack(self.losses)).tolist() if self.losses else []
+        transfer = self.transfer_losses and self.trained
+        record["transfer_loss"] = world.mean(torch.stack(self.transfer_losses)).tolist() if transfer else []
+        record["wall_time"] = self.elapsed if self.trained else 0.0
+        record["trained"] = self.trained
+        steps = self.step if self.trained else self.total
+        record |= {"steps": steps, "budget": self.total, "target": self.target, "reached": self.reached}
+        record |= {"cost": attrs.asdict(cost), "flops": cost.total}
+        if self.skipped:
+            record["skipped"] = list(self.skipped)
+        self.student = student
+        return student
+
+    def elapsed_now(self) -> float:
+        return time.perf_counter() - self._start - self._clock
+
+    # -- resume: everything a mid-stage checkpoint holds -------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The stage's whole state (collective under several processes: every rank calls it)."""
+        world = self.world
+        progress = {
+            "step": self.step,
+            "loss": world.mean(torch.stack(self.losses)).tolist() if self.losses else [],
+            "transfer_loss": world.mean(torch.stack(self.transfer_losses)).tolist() if self.transfer_losses else [],
+            "samples": self.samples,
+            "flops": list(self.flops),
+            "elapsed": self.elapsed_now(),
+            "skipped": list(self.skipped),
+        }
+        return {
+            "signature": self.signature,
+            "student": self.trainee.state_dict(),
+            "transfer": self.transfer.state_dict() if self.transfer is not None else {},
+            "optimizer": self.trainee.optimizer_state_dict(self.opt),
+            "scheduler": self.sched.state_dict(),
+            "val": self.record["val"],
+            "progress": progress,
+            **({"scaler": self.amp.state_dict()} if self.amp.scaler is not None else {}),
+            **position(self.stream),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainee.load_state_dict(state["student"])
+        if self.transfer is not None:
+            self.transfer.load_state_dict(state["transfer"])
+        self.trainee.load_optimizer_state_dict(self.opt, state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.amp.load_state_dict(state.get("scaler", {}))
+        self.stream.restore(state["stream"])
+        torch.set_rng_state(state["rng"])
+        progress = state["progress"]
+        self.step, self.samples, self.flops = progress["step"], progress["samples"], list(progress["flops"])
+        self.losses = [torch.tensor(v) for v in progress["loss"]]
+        self.transfer_losses = [torch.tensor(v) for v in progress["transfer_loss"]]
+        self.skipped = list(progress.get("skipped", []))
+        self.elapsed = progress["elapsed"]
+        self.record["val"] = state["val"]
+
+
+def _unfreeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()

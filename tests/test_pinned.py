@@ -1,0 +1,41 @@
+"""The numbers a chain trains are pinned: a refactor of the loop must give bit-identical weights and losses.
+
+The hashes were computed with the code before the stage loop was split into
+hooks; any change to what a step computes (an extra RNG draw, another order of
+operations) shows here first.
+"""
+
+import hashlib
+import json
+
+import torch
+
+from comptlib import Chain
+from comptlib.checkpoint import weights_hash
+from comptlib.data import digits_loaders
+from comptlib.families.vit import build_vit
+
+WEIGHTS = [
+    "0114a160c363b0a441da45ad4309952e490340978dbb956dafac2fcf7fead7c7",
+    "90ca048e365c4016d5808b8c7a0c03870980c24ddfb4fdf9caeacf58fca72cfd",
+]
+LOSSES = "26147681d692b646a3444abef8518487f9ac754f80ab16204c738ff4ff60ba26"
+
+
+def digest(values: list[float]) -> str:
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()
+
+
+def test_a_tiny_chain_trains_the_pinned_numbers(tmp_path) -> None:
+    torch.manual_seed(0)
+    models = [build_vit(16, 1), build_vit(32, 2)]
+    train, val = digits_loaders(batch_size=32)
+    chain = Chain(
+        models, budgets=[20, 5], unit="steps", lr=3e-3, eval_every=4, checkpoint_dir=str(tmp_path), progress=False
+    )
+    chain.set_params(checkpoint_every=3).fit(train, val)
+    curves = [v for record in chain.history_ for key in ("loss", "transfer_loss") for v in record[key]]
+    assert [weights_hash(m) for m in chain.models_] == WEIGHTS
+    assert digest(curves) == LOSSES
+    assert [v["step"] for v in chain.history_[1]["val"]] == [0, 4, 5]
+    assert chain.history_[1]["val"][-1]["loss"] == 2.2691919013318245
