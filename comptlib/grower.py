@@ -15,7 +15,7 @@ import attrs
 import torch
 from torch import nn
 
-from comptlib.ops import Canvas
+from comptlib.ops import Canvas, Writer, corner
 
 Method = Literal["exact", "compt"]
 METHODS: tuple[str, ...] = ("exact", "compt")
@@ -170,15 +170,22 @@ class Grower(abc.ABC):
         gen.manual_seed(0 if self.seed is None else self.seed)
         return gen
 
+    def writer(self, gen: torch.Generator | None = None) -> Writer:
+        """What writes canvases into the target: the grower's noise where its method allows.
+
+        One growth uses one writer, whose generator (default: a fresh one
+        from ``seed``) every noisy write draws from in turn.
+        """
+        where = "free" if self.method == "exact" else "written"
+        return Writer(self.noise, where, self._generator() if gen is None else gen)
+
     def _write(self, param: torch.Tensor, canvas: Canvas, gen: torch.Generator) -> None:
         """Copy a finished canvas into ``param`` (or a view of it), with noise where the method allows."""
-        param.copy_(canvas.finish(self.noise, "free" if self.method == "exact" else "written", gen))
+        self.writer(gen)(param, canvas)
 
     def _corner(self, target: torch.Tensor, source: torch.Tensor, gen: torch.Generator) -> None:
         """CoM-PT's copy: ``source`` into the leading corner of ``target``; the rest keeps its init."""
-        canvas = Canvas(target)
-        canvas.put(tuple(slice(0, n) for n in source.shape), source)
-        self._write(target, canvas, gen)
+        corner(target, source, self.writer(gen))
 
     @torch.no_grad()
     def check(self, source: nn.Module, target: nn.Module, inputs: Any) -> GrowthCheck:

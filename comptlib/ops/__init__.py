@@ -6,17 +6,42 @@ what was written, so symmetry-breaking noise can go exactly where the growth
 method allows it.
 """
 
-from comptlib.ops.canvas import Canvas
+from comptlib.ops.canvas import Canvas, Writer
 from comptlib.ops.depth import compt_depth_map, exact_depth_map, stack_depth_map
 from comptlib.ops.heads import gqa_placement, head_dims, rope_dim_map, rope_mismatch
+from comptlib.ops.transformer import (
+    HeadPlan,
+    Proj,
+    ResidualStream,
+    compt_copy,
+    corner,
+    grow_embedding,
+    grow_norm,
+    grow_reader,
+    grow_writer,
+    head_plan,
+    identity_block,
+)
 from comptlib.ops.width import mean_rows, norm_scale
 
 __all__ = [
     "Canvas",
+    "HeadPlan",
+    "Proj",
+    "ResidualStream",
+    "Writer",
+    "compt_copy",
     "compt_depth_map",
+    "corner",
     "exact_depth_map",
     "gqa_placement",
+    "grow_embedding",
+    "grow_norm",
+    "grow_reader",
+    "grow_writer",
     "head_dims",
+    "head_plan",
+    "identity_block",
     "mean_rows",
     "norm_scale",
     "rope_dim_map",
