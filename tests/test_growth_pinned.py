@@ -60,19 +60,25 @@ def _build(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
 def _vit(d: int, layers: int, heads: int, mlp: int) -> Callable[[], nn.Module]:
     from torchvision.models import VisionTransformer
 
-    return lambda: VisionTransformer(16, 4, num_layers=layers, num_heads=heads, hidden_dim=d, mlp_dim=mlp, num_classes=7)
+    return lambda: VisionTransformer(
+        16, 4, num_layers=layers, num_heads=heads, hidden_dim=d, mlp_dim=mlp, num_classes=7
+    )
 
 
 def _clip(width: int, depth: int) -> Callable[[], nn.Module]:
     from comptlib.families.clip import build_clip
 
-    return lambda: build_clip(width, depth, vocab_size=50, max_length=16, image_size=16, patch_size=4, projection_dim=16)
+    return lambda: build_clip(
+        width, depth, vocab_size=50, max_length=16, image_size=16, patch_size=4, projection_dim=16
+    )
 
 
 def _lm(builder: str, width: int, depth: int, **kw) -> Callable[[], nn.Module]:
     from comptlib.families import decoder_lm
 
-    return lambda: getattr(decoder_lm, f"build_{builder}")(width, depth, vocab_size=64, max_position_embeddings=64, **kw)
+    return lambda: getattr(decoder_lm, f"build_{builder}")(
+        width, depth, vocab_size=64, max_position_embeddings=64, **kw
+    )
 
 
 def _resnet(width: int, depth: int) -> Callable[[], nn.Module]:

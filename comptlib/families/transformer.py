@@ -74,7 +74,9 @@ class Stack:
     residual dims (:class:`~comptlib.ops.ResidualStream`); ``eps_attr`` the
     norms' eps attribute; ``pre_norm`` a norm whose output is the stream
     (CLIP's ``pre_layrnorm``, timm's ``norm_pre``); ``head`` the projection
-    reading the final norm, ``None`` when tied to the token embedding.
+    reading the final norm, ``None`` when tied to the token embedding;
+    ``rotary`` the rotary embedding (``inv_freq``, ``attention_scaling``)
+    under RoPE.
     """
 
     width: int
@@ -87,6 +89,7 @@ class Stack:
     fill: Fill = "mean"
     eps_attr: str = "eps"
     pre_norm: nn.Module | None = None
+    rotary: nn.Module | None = None
 
 
 @attrs.frozen
@@ -135,7 +138,9 @@ class TransformerGrower(Grower):
         """For ``"compt"``: the source block each target block duplicates."""
         return compt_depth_map(src, dst)
 
-    def finish_exact(self, source: nn.Module, target: nn.Module, streams: Sequence[ResidualStream], writer: Writer) -> None:
+    def finish_exact(
+        self, source: nn.Module, target: nn.Module, streams: Sequence[ResidualStream], writer: Writer
+    ) -> None:
         """What exact growth needs beyond the role map (config entries, extra head layers)."""
 
     @torch.no_grad()
@@ -151,7 +156,11 @@ class TransformerGrower(Grower):
             self.finish_exact(source, target, streams, writer)
         else:
             stacks = [
-                ([b.layer for b in ss.blocks], [b.layer for b in ts.blocks], self.depth_map(len(ss.blocks), len(ts.blocks)))
+                (
+                    [b.layer for b in ss.blocks],
+                    [b.layer for b in ts.blocks],
+                    self.depth_map(len(ss.blocks), len(ts.blocks)),
+                )
                 for ss, ts in zip(s.stacks, t.stacks)
             ]
             compt_copy(source, target, stacks, writer, packed=t.packed, blocks_last=self.compt_blocks_last)

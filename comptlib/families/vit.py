@@ -19,8 +19,8 @@ from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
 from comptlib.families.classification import evaluate_classifier
-from comptlib.family import Family, Outputs, register_family
 from comptlib.families.transformer import Block, Embedding, Roles, Stack, TransformerGrower
+from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import GrowthError, require_growth
 from comptlib.ops import HeadPlan, Proj, ResidualStream, Writer, corner
 from comptlib.transferer import FeatureMSE
@@ -148,7 +148,9 @@ class ViTGrower(TransformerGrower):
         """``sqrt(new_head_dim / head_dim)``: the same value as the default's ratio of scales, to within rounding."""
         return (plan.new_head_dim / plan.head_dim) ** 0.5
 
-    def finish_exact(self, source: nn.Module, target: nn.Module, streams: Sequence[ResidualStream], writer: Writer) -> None:
+    def finish_exact(
+        self, source: nn.Module, target: nn.Module, streams: Sequence[ResidualStream], writer: Writer
+    ) -> None:
         """Head layers after the first (``representation_size``) keep their size: copied whole."""
         for s_layer, t_layer in zip(_head_layers(source)[1:], _head_layers(target)[1:]):
             corner(t_layer.weight, s_layer.weight, writer)
