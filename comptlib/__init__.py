@@ -1,7 +1,8 @@
 """comptlib: Chain-of-Models Pre-Training for vision and language families."""
 
+from comptlib import families  # the built-in families; calling it is the deprecated list_families()
 from comptlib.chain import Chain
-from comptlib.family import Family, Outputs, families, family_of, register_family
+from comptlib.family import Family, Outputs, family_of, list_families, register_family
 from comptlib.grower import Grower, GrowthCheck, GrowthError, grow
 from comptlib.transferer import FeatureMSE, LogitKL, Transferer, WeightedSum
 
@@ -21,5 +22,6 @@ __all__ = [
     "families",
     "family_of",
     "grow",
+    "list_families",
     "register_family",
 ]
