@@ -153,6 +153,14 @@ class Grower(abc.ABC):
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
         """Write ``source`` into ``target`` in place and return ``target``."""
 
+    def require_type(self, source: nn.Module, target: nn.Module, cls: type, library: str) -> None:
+        """Raise TypeError naming the model (source or target) that is not a ``library`` ``cls``."""
+        for role, model in (("source", source), ("target", target)):
+            if not isinstance(model, cls):
+                raise TypeError(
+                    f"{type(self).__name__} needs {library} {cls.__name__} models, the {role} is {type(model).__name__}"
+                )
+
     def keeps_function(self, source: nn.Module, target: nn.Module) -> bool:
         """Whether growing ``source`` into ``target`` promises the same function (what :meth:`check` reports)."""
         return self.exact

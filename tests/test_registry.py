@@ -149,15 +149,7 @@ def test_an_unregistered_model_is_named_by_its_full_class_path() -> None:
 
 
 def test_registry_clashes_name_the_class_path(mlp_family) -> None:
-    other = Family(
-        name="other",
-        model_types=(MLP,),
-        grower=MLPGrower,
-        transferer=LogitKL,
-        forward=mlp_forward,
-        evaluate=mlp_evaluate,
-        dims=lambda m: {},
-    )
+    other = attrs.evolve(mlp_family, name="other")
     with pytest.raises(ValueError, match=r"already registered to family 'toy-mlp' \(as test_registry\.MLP\)"):
         register_family(other)
 
@@ -170,22 +162,14 @@ class PluginModel(nn.Module):
         self.fc1, self.fc2 = nn.Linear(4, hidden), nn.Linear(hidden, 3)
 
 
-def test_entry_points_register_families_and_recipes(monkeypatch) -> None:
+def test_entry_points_register_families_and_recipes(monkeypatch, mlp_family) -> None:
     import importlib.metadata
 
     from comptlib import family as family_module
     from comptlib import recipes
     from comptlib.recipes import Recipe, list_recipes, register_recipe
 
-    plugin = Family(
-        name="plugin-mlp",
-        model_types=(PluginModel,),
-        grower=MLPGrower,
-        transferer=LogitKL,
-        forward=mlp_forward,
-        evaluate=mlp_evaluate,
-        dims=lambda m: {"hidden": m.fc1.out_features},
-    )
+    plugin = attrs.evolve(mlp_family, name="plugin-mlp", model_types=(PluginModel,))
     recipe = Recipe(
         "plugin-mlp",
         ("4x1", "8x1"),

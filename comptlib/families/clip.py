@@ -153,9 +153,7 @@ class CLIPGrower(TransformerGrower):
         )
 
     def validate(self, source: nn.Module, target: nn.Module) -> None:
-        for role, model in (("source", source), ("target", target)):
-            if not isinstance(model, CLIPModel):
-                raise TypeError(f"CLIPGrower needs transformers CLIPModel models, the {role} is {type(model).__name__}")
+        self.require_type(source, target, CLIPModel, "transformers")
         s, t = clip_dims(source), clip_dims(target)
         require_growth(s, t, grow=_GROW, equal=_EQUAL)
         if t["text_max_position_embeddings"] < s["text_max_position_embeddings"]:

@@ -46,12 +46,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.convnext import CNBlock, CNBlockConfig, ConvNeXt
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from comptlib.families.classification import evaluate_classifier
+from comptlib.families.classification import classify, evaluate_classifier
 from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import Grower, GrowthError, Method, require_growth
 from comptlib.ops import Canvas, ResidualStream, Writer, compt_depth_map, exact_depth_map, grow_norm, identity_block
@@ -240,9 +239,8 @@ class ResNetGrower(_ConvGrower):
 
     def validate(self, source: nn.Module, target: nn.Module) -> None:
         kinds = []
+        self.require_type(source, target, ResNet, "torchvision")
         for role, model in (("source", source), ("target", target)):
-            if not isinstance(model, ResNet):
-                raise TypeError(f"ResNetGrower needs torchvision ResNet models, the {role} is {type(model).__name__}")
             types = {type(b) for stage in _resnet_stages(model) for b in stage}
             if len(types) != 1:
                 names = sorted(t.__name__ for t in types) or ["none"]
@@ -289,11 +287,8 @@ class ConvNeXtGrower(_ConvGrower):
         self.approximate = approximate
 
     def validate(self, source: nn.Module, target: nn.Module) -> None:
+        self.require_type(source, target, ConvNeXt, "torchvision")
         for role, model in (("source", source), ("target", target)):
-            if not isinstance(model, ConvNeXt):
-                raise TypeError(
-                    f"ConvNeXtGrower needs torchvision ConvNeXt models, the {role} is {type(model).__name__}"
-                )
             other = {type(b).__name__ for stage in _convnext_stages(model) for b in stage} - {"CNBlock"}
             if other:
                 raise TypeError(f"ConvNeXtGrower needs CNBlock blocks, the {role} has {', '.join(sorted(other))}")
@@ -406,9 +401,7 @@ def _pooled(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def convnet_forward(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> Outputs:
     """Classification cross-entropy; the features are the pooled features before the final Linear."""
     images, labels = batch
-    features = _pooled(model, images)
-    logits = _classifier(model)(features)
-    return Outputs(loss=F.cross_entropy(logits, labels), logits=logits, features=features)
+    return classify(_pooled(model, images), _classifier(model), labels)
 
 
 RESNET = register_family(

@@ -14,13 +14,12 @@ start copies them like any tensor).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from comptlib.families.classification import evaluate_classifier
+from comptlib.families.classification import classify, evaluate_classifier
 from comptlib.families.transformer import Block, Embedding, Roles, Stack, TransformerGrower
 from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import GrowthError, require_growth
@@ -138,11 +137,7 @@ class TimmViTGrower(TransformerGrower):
         return _roles(model)
 
     def validate(self, source: nn.Module, target: nn.Module) -> None:
-        for role, model in (("source", source), ("target", target)):
-            if not isinstance(model, VisionTransformer):
-                raise TypeError(
-                    f"TimmViTGrower needs timm VisionTransformer models, the {role} is {type(model).__name__}"
-                )
+        self.require_type(source, target, VisionTransformer, "timm")
         s, t = timm_vit_dims(source), timm_vit_dims(target)
         require_growth(s, t, grow=_GROW, equal=_EQUAL)
         if not self.exact:
@@ -175,9 +170,7 @@ class TimmViTGrower(TransformerGrower):
 def timm_vit_forward(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> Outputs:
     """Classification cross-entropy; the features are the pooled, normalised tokens the head reads."""
     images, labels = batch
-    features = model.forward_head(model.forward_features(images), pre_logits=True)
-    logits = model.head(features)
-    return Outputs(loss=F.cross_entropy(logits, labels), logits=logits, features=features)
+    return classify(model.forward_head(model.forward_features(images), pre_logits=True), model.head, labels)
 
 
 TIMM_VIT = register_family(

@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
-from comptlib.families.classification import evaluate_classifier
+from comptlib.families.classification import classify, evaluate_classifier
 from comptlib.families.transformer import Block, Embedding, Roles, Stack, TransformerGrower
 from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import GrowthError, require_growth
@@ -122,11 +121,8 @@ class ViTGrower(TransformerGrower):
         return _roles(model)
 
     def validate(self, source: nn.Module, target: nn.Module) -> None:
+        self.require_type(source, target, VisionTransformer, "torchvision")
         for role, model in (("source", source), ("target", target)):
-            if not isinstance(model, VisionTransformer):
-                raise TypeError(
-                    f"ViTGrower needs torchvision VisionTransformer models, the {role} is {type(model).__name__}"
-                )
             if not isinstance(model.conv_proj, nn.Conv2d):
                 raise GrowthError(f"conv_stem: the {role} uses a convolutional stem, which ViTGrower does not grow")
         s, t = vit_dims(source), vit_dims(target)
@@ -162,9 +158,7 @@ def vit_forward(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> O
     images, labels = batch
     x = model._process_input(images)
     x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)
-    features = model.encoder(x)[:, 0]
-    logits = model.heads(features)
-    return Outputs(loss=F.cross_entropy(logits, labels), logits=logits, features=features)
+    return classify(model.encoder(x)[:, 0], model.heads, labels)
 
 
 VIT = register_family(
