@@ -188,11 +188,14 @@ class Grower(abc.ABC):
         return Writer(self.noise, where, self._generator() if gen is None else gen)
 
     def _write(self, param: torch.Tensor, canvas: Canvas, gen: torch.Generator) -> None:
-        """Copy a finished canvas into ``param`` (or a view of it), with noise where the method allows."""
+        """Copy a finished canvas into ``param`` (or a view of it), with noise where the method allows.
+
+        Kept for growers written before :meth:`writer`, which the built-in ones use.
+        """
         self.writer(gen)(param, canvas)
 
     def _corner(self, target: torch.Tensor, source: torch.Tensor, gen: torch.Generator) -> None:
-        """CoM-PT's copy: ``source`` into the leading corner of ``target``; the rest keeps its init."""
+        """CoM-PT's copy: ``source`` into the leading corner of ``target`` (kept, as :meth:`_write`; see ``ops.corner``)."""
         corner(target, source, self.writer(gen))
 
     @torch.no_grad()
