@@ -4,8 +4,12 @@ Each case builds a tiny source and target from fixed seeds, perturbs the
 source (so no weight sits at its init), grows it with noise (so the noise
 paths count too) and hashes the grown target: every state-dict tensor and
 every norm eps, in the module and in the config. The hashes were computed
-with the code before the growth arithmetic moved into ``comptlib.ops``;
-a hash that changes means growth results changed.
+with the code before the growth arithmetic moved into ``comptlib.ops``
+(the timm ones, a family added with that move, right after it); a hash
+that changes means growth results changed. They hold for one set of
+library versions (torch 2.14, transformers 5.24, timm 1.0.31: the targets'
+random inits come from the libraries); after an upgrade, recompute them at
+an unchanged commit before comparing.
 """
 
 from __future__ import annotations
@@ -81,6 +85,16 @@ def _lm(builder: str, width: int, depth: int, **kw) -> Callable[[], nn.Module]:
     )
 
 
+def _timm_vit(d: int, depth: int, **kw) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        timm_vit = pytest.importorskip("timm.models.vision_transformer")
+        return timm_vit.VisionTransformer(
+            img_size=16, patch_size=4, embed_dim=d, depth=depth, num_heads=d // 16, num_classes=7, **kw
+        )
+
+    return build
+
+
 def _resnet(width: int, depth: int) -> Callable[[], nn.Module]:
     from torchvision.models.resnet import BasicBlock
 
@@ -114,6 +128,9 @@ CASES = {
     "qwen2 compt": (_lm("qwen2", 32, 2), _lm("qwen2", 64, 4), "compt", {}),
     "gpt2 exact": (_lm("gpt2", 32, 2), _lm("gpt2", 48, 3), "exact", {"noise": 0.3}),
     "gpt2 compt": (_lm("gpt2", 32, 2), _lm("gpt2", 64, 4), "compt", {"noise": 0.1}),
+    "timm vit exact": (_timm_vit(32, 2), _timm_vit(48, 3), "exact", {"noise": 0.3}),
+    "timm vit exact tiled": (_timm_vit(32, 2, pre_norm=True), _timm_vit(64, 3, pre_norm=True), "exact", {"noise": 0.3}),
+    "timm vit compt": (_timm_vit(32, 2), _timm_vit(64, 4), "compt", {"noise": 0.1}),
     "resnet exact": (_resnet(8, 1), _resnet(16, 2), "exact", {"noise": 0.3}),
     "resnet compt": (_resnet(8, 1), _resnet(16, 2), "compt", {"noise": 0.1}),
     "convnext approximate": (_convnext(16, 1), _convnext(32, 2), "exact", {"approximate": True, "noise": 0.3}),
@@ -133,6 +150,9 @@ PINNED = {
     "qwen2 compt": "4d7545583fc666363b2199f66e31327761ac93ec668062ffcdbc415092676b77",
     "gpt2 exact": "889dd5f6b3913c145bf23227b3ae78b606e74666223b88c99b4db7978da715f4",
     "gpt2 compt": "8cd4299b8c1f23b9e76e0d0a379293b0b0b8fda3091efd5820b2c9d8cc5b1244",
+    "timm vit exact": "f1cd38824748fd8848dc8ddb7485fae8f382b93f8f7d3ddf5f318e21f1f7c9ff",
+    "timm vit exact tiled": "ef98bb1f2c5b4ba1faa5475cd2d679dbe886793c2085ac75b7c0eed071d55279",
+    "timm vit compt": "d2ffd359fb0ee53ca7c1813997341d632e39137393609ce4a8b5bc0954cbce91",
     "resnet exact": "e620e85245cbfbee1a21c2a70b0b86916a3b0d19f24c6b82c25526d657931264",
     "resnet compt": "6be3aa33f3ef46455776956c7ae7b70608b105f62292085cfee8f00645bd8887",
     "convnext approximate": "461e9b4a912d3c9028c79a760b1730056b14a5f16835076837014a021d3add0d",
