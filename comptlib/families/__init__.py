@@ -48,10 +48,13 @@ def import_builtin() -> None:
 
 
 def __getattr__(name: str) -> Any:
-    module = f"{__name__}.{name}"
-    if module in BUILTIN.values() or name in ("classification", "transformer"):
-        return importlib.import_module(module)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """A submodule, imported on first access (``comptlib.families.vit``)."""
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 class _CallablePackage(types.ModuleType):
