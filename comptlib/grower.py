@@ -195,7 +195,10 @@ class Grower(abc.ABC):
         self.writer(gen)(param, canvas)
 
     def _corner(self, target: torch.Tensor, source: torch.Tensor, gen: torch.Generator) -> None:
-        """CoM-PT's copy: ``source`` into the leading corner of ``target`` (kept, as :meth:`_write`; see ``ops.corner``)."""
+        """CoM-PT's copy: ``source`` into the leading corner of ``target``; the rest keeps its init.
+
+        Kept for growers written before :func:`comptlib.ops.corner`, which the built-in ones use.
+        """
         corner(target, source, self.writer(gen))
 
     @torch.no_grad()

@@ -3,7 +3,10 @@
 Families describe each target tensor as a :class:`Canvas`: the target's own
 initialisation, onto which source values are placed. The canvas remembers
 what was written, so symmetry-breaking noise can go exactly where the growth
-method allows it.
+method allows it (a :class:`Writer` puts it there). :mod:`comptlib.ops.transformer`
+holds the arithmetic every transformer family shares: residual-stream fill
+rules, norm, reader, writer and embedding growth, identity blocks, head
+placement and the warm start.
 """
 
 from comptlib.ops.canvas import Canvas, Writer
