@@ -115,9 +115,9 @@ def ablations(family: str) -> dict[str, dict[str, Any]]:
 
 
 def _default_transferer(family: str) -> Any:
-    from comptlib.family import families
+    from comptlib.family import list_families
 
-    return families()[family].transferer()
+    return list_families()[family].transferer()
 
 
 def _is_default(settings: dict[str, Any], family: str) -> bool:

@@ -1,9 +1,10 @@
 """comptlib: Chain-of-Models Pre-Training for vision and language families."""
 
+from comptlib import families  # the built-in families; calling it is the deprecated list_families()
 from comptlib.callbacks import Callback
 from comptlib.chain import Chain
 from comptlib.errors import ComptError, ConfigError, DivergenceError
-from comptlib.family import Family, Outputs, families, family_of, register_family
+from comptlib.family import Family, Outputs, family_of, list_families, register_family
 from comptlib.grower import Grower, GrowthCheck, GrowthError, grow
 from comptlib.settings import Optim, Runtime
 from comptlib.transferer import FeatureMSE, LogitKL, Transferer, WeightedSum
@@ -30,5 +31,6 @@ __all__ = [
     "families",
     "family_of",
     "grow",
+    "list_families",
     "register_family",
 ]

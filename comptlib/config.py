@@ -15,7 +15,7 @@ import attrs
 
 from comptlib.errors import ConfigError
 from comptlib.grower import METHODS
-from comptlib.recipes import RECIPES, Recipe
+from comptlib.recipes import Recipe, list_recipes
 from comptlib.settings import (
     ChainSettings,
     Optim,
@@ -34,8 +34,9 @@ __all__ = ["ConfigError", "RunConfig"]
 
 
 def _family(field: str, value: Any) -> None:
-    if value not in RECIPES:  # read at run time: recipes registered later count
-        raise ConfigError(f"{field}: {value!r} is not one of {', '.join(RECIPES)}")
+    recipes = list_recipes()  # read at run time: recipes registered later, or by entry points, count
+    if value not in recipes:
+        raise ConfigError(f"{field}: {value!r} is not one of {', '.join(recipes)}")
 
 
 def _sizes(recipe: Recipe, sizes: Any) -> None:
@@ -66,7 +67,7 @@ class RunConfig:
     Each field is a TOML key of ``[chain]`` and a ``--flag`` of the CLI.
     """
 
-    family: str = setting("vit", "The recipe: " + ", ".join(RECIPES) + ".", _family, cli=str)
+    family: str = setting("vit", "The recipe: " + ", ".join(list_recipes()) + ".", _family, cli=str)
     sizes: tuple[str, ...] = setting(
         None, "Sizes, smallest first, WIDTHxDEPTH,... (default: the recipe's).", cli="names", converter=_tuple
     )
@@ -113,7 +114,7 @@ class RunConfig:
 
     @property
     def recipe(self) -> Recipe:
-        return RECIPES[self.family]
+        return list_recipes()[self.family]
 
     @classmethod
     def resolve(cls, file: Path | None = None, **flags: Any) -> RunConfig:
@@ -136,7 +137,7 @@ class RunConfig:
             )
         family = values.get("family", "vit")
         _family("family", family)
-        recipe = RECIPES[family]
+        recipe = list_recipes()[family]
         defaults = {"sizes": recipe.sizes, "budgets": recipe.budgets, "unit": recipe.unit}
         defaults |= {"lr": recipe.lr, "batch_size": recipe.batch_size}
         if "sizes" in values and "budgets" not in values:

@@ -198,7 +198,9 @@ def image_folder_loaders(
     except FileNotFoundError as err:  # no class folders, or a class folder without images
         raise DataError(f"data: {root}: {err}") from None
     if len(folder.classes) < 2:
-        raise DataError(f"data: {root} has {len(folder.classes)} class folder ({folder.classes[0]}): a classifier needs 2")
+        raise DataError(
+            f"data: {root} has {len(folder.classes)} class folder ({folder.classes[0]}): a classifier needs 2"
+        )
     check_images(path for path, _ in folder.samples)
     order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(int(round(len(folder) * val_fraction)), 1)

@@ -4,11 +4,18 @@ A family bundles what the chain needs to know about one kind of model: its
 grower, its default transferer, its training objective (which also taps the
 features a transferer distils) and its evaluation. A registry maps model
 classes to families, so users add their own with :func:`register_family`
-without editing comptlib.
+without editing comptlib, and packages add theirs through the
+``comptlib.families`` entry-point group (:func:`discover_families`).
+
+Built-in families register lazily (:func:`register_lazy`): looking up a
+torchvision model imports neither transformers nor timm.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -65,7 +72,7 @@ class Family:
     --------
     >>> import comptlib
     >>> from comptlib.families.vit import build_vit
-    >>> vit = comptlib.families()["vit"]
+    >>> vit = comptlib.list_families()["vit"]
     >>> vit.grower.__name__, vit.metric, vit.higher_is_better, vit.transferer()
     ('ViTGrower', 'accuracy', True, FeatureMSE(weight=500.0, schedule='constant', decay_steps=None, normalize=True, projector='auto'))
     >>> vit.dims(build_vit(64, 3))["num_heads"]
@@ -83,7 +90,48 @@ class Family:
     higher_is_better: bool = True
 
 
+ENTRY_POINT_GROUP = "comptlib.families"
+"""The entry-point group through which installed packages add families (and their recipes)."""
+
 _REGISTRY: dict[type[nn.Module], Family] = {}
+_LAZY: dict[str, str] = {}  # a model class's path -> the module whose import registers its family
+_DISCOVERED: set[str] = set()  # entry points already loaded
+
+
+def class_path(cls: type) -> str:
+    """A class's full import path, e.g. ``torchvision.models.vision_transformer.VisionTransformer``.
+
+    The registry tells classes apart by it, not by their (often shared) names.
+    """
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_lazy(path: str, module: str) -> None:
+    """Import ``module`` (which registers a family) the first time a model of the class at ``path`` is looked up.
+
+    ``path`` is the class's :func:`class_path`. This keeps a lookup from
+    importing the libraries of every other family.
+    """
+    _LAZY[path] = module
+
+
+def discover_families() -> None:
+    """Load the families installed packages declare in the ``comptlib.families`` entry-point group.
+
+    Each entry point names a module whose import registers its families
+    (with :func:`register_family`) and recipes (with
+    :func:`comptlib.recipes.register_recipe`), or a :class:`Family`, or a
+    function to call that does so. Each is loaded once.
+    """
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in _DISCOVERED:
+            continue
+        loaded = entry.load()
+        if isinstance(loaded, Family):
+            register_family(loaded)
+        elif callable(loaded):
+            loaded()
+        _DISCOVERED.add(entry.name)
 
 
 def register_family(family: Family, *, replace: bool = False) -> Family:
@@ -135,7 +183,9 @@ def register_family(family: Family, *, replace: bool = False) -> Family:
     for cls in family.model_types:
         taken = _REGISTRY.get(cls)
         if taken is not None and taken.name != family.name and not replace:
-            raise ValueError(f"{cls.__name__} is already registered to family {taken.name!r}; pass replace=True")
+            raise ValueError(
+                f"{cls.__name__} is already registered to family {taken.name!r} (as {class_path(cls)}); pass replace=True"
+            )
     for cls in family.model_types:
         _REGISTRY[cls] = family
     return family
@@ -144,7 +194,10 @@ def register_family(family: Family, *, replace: bool = False) -> Family:
 def family_of(model: nn.Module) -> Family:
     """The family registered for ``model``'s class (or its nearest registered base class).
 
-    Raises TypeError, listing the registered types, when there is none.
+    Classes are matched as classes, not by name: timm's and torchvision's
+    ``VisionTransformer`` are two families. Installed entry points are loaded when no
+    built-in family matches. Raises TypeError, naming the class's full path
+    and the registered ones, when there is none.
 
     Examples
     --------
@@ -156,31 +209,45 @@ def family_of(model: nn.Module) -> Family:
     'resnet'
     >>> family_of(nn.Linear(2, 2))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    TypeError: no comptlib family is registered for Linear; registered types: ...
+    TypeError: no comptlib family is registered for Linear (torch.nn.modules.linear.Linear); registered types: ...
     """
-    import comptlib.families  # noqa: F401  (registers the built-in families)
+    import comptlib.families  # noqa: F401  (declares the built-in families, lazily)
 
-    for cls in type(model).__mro__:
-        if cls in _REGISTRY:
-            return _REGISTRY[cls]
-    known = ", ".join(sorted({c.__name__ for c in _REGISTRY}))
+    for discover in (False, True):
+        if discover:
+            discover_families()
+        for cls in type(model).__mro__:
+            if cls not in _REGISTRY and class_path(cls) in _LAZY:
+                importlib.import_module(_LAZY[class_path(cls)])
+            if cls in _REGISTRY:
+                return _REGISTRY[cls]
+    known = ", ".join(sorted({class_path(c) for c in _REGISTRY} | set(_LAZY)))
     raise TypeError(
-        f"no comptlib family is registered for {type(model).__name__}; "
+        f"no comptlib family is registered for {type(model).__name__} ({class_path(type(model))}); "
         f"registered types: {known}. Use comptlib.register_family to add one."
     )
 
 
-def families() -> dict[str, Family]:
-    """All registered families by name: the built-in ones and any added with :func:`register_family`.
+def list_families() -> dict[str, Family]:
+    """All families by name: the built-in ones (those whose library is installed), the installed entry
+    points' and any added with :func:`register_family`.
 
     Examples
     --------
     >>> import comptlib
-    >>> {"vit", "resnet", "convnext", "clip", "decoder_lm"} <= set(comptlib.families())
+    >>> {"vit", "resnet", "convnext", "clip", "decoder_lm"} <= set(comptlib.list_families())
     True
-    >>> comptlib.families()["decoder_lm"].metric
+    >>> comptlib.list_families()["decoder_lm"].metric
     'bits_per_byte'
     """
-    import comptlib.families  # noqa: F401
+    from comptlib.families import import_builtin
 
+    import_builtin()
+    discover_families()
     return {f.name: f for f in _REGISTRY.values()}
+
+
+def families() -> dict[str, Family]:
+    """Deprecated: :func:`list_families` (``comptlib.families`` is also the package of the built-in families)."""
+    warnings.warn("comptlib.families() is deprecated; use comptlib.list_families()", DeprecationWarning, stacklevel=2)
+    return list_families()

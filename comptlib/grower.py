@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from comptlib.errors import ComptError
-from comptlib.ops import Canvas
+from comptlib.ops import Canvas, Writer, corner
 
 Method = Literal["exact", "compt"]
 METHODS: tuple[str, ...] = ("exact", "compt")
@@ -154,6 +154,14 @@ class Grower(abc.ABC):
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
         """Write ``source`` into ``target`` in place and return ``target``."""
 
+    def require_type(self, source: nn.Module, target: nn.Module, cls: type, library: str) -> None:
+        """Raise TypeError naming the model (source or target) that is not a ``library`` ``cls``."""
+        for role, model in (("source", source), ("target", target)):
+            if not isinstance(model, cls):
+                raise TypeError(
+                    f"{type(self).__name__} needs {library} {cls.__name__} models, the {role} is {type(model).__name__}"
+                )
+
     def keeps_function(self, source: nn.Module, target: nn.Module) -> bool:
         """Whether growing ``source`` into ``target`` promises the same function (what :meth:`check` reports)."""
         return self.exact
@@ -171,15 +179,28 @@ class Grower(abc.ABC):
         gen.manual_seed(0 if self.seed is None else self.seed)
         return gen
 
+    def writer(self, gen: torch.Generator | None = None) -> Writer:
+        """What writes canvases into the target: the grower's noise where its method allows.
+
+        One growth uses one writer, whose generator (default: a fresh one
+        from ``seed``) every noisy write draws from in turn.
+        """
+        where = "free" if self.method == "exact" else "written"
+        return Writer(self.noise, where, self._generator() if gen is None else gen)
+
     def _write(self, param: torch.Tensor, canvas: Canvas, gen: torch.Generator) -> None:
-        """Copy a finished canvas into ``param`` (or a view of it), with noise where the method allows."""
-        param.copy_(canvas.finish(self.noise, "free" if self.method == "exact" else "written", gen))
+        """Copy a finished canvas into ``param`` (or a view of it), with noise where the method allows.
+
+        Kept for growers written before :meth:`writer`, which the built-in ones use.
+        """
+        self.writer(gen)(param, canvas)
 
     def _corner(self, target: torch.Tensor, source: torch.Tensor, gen: torch.Generator) -> None:
-        """CoM-PT's copy: ``source`` into the leading corner of ``target``; the rest keeps its init."""
-        canvas = Canvas(target)
-        canvas.put(tuple(slice(0, n) for n in source.shape), source)
-        self._write(target, canvas, gen)
+        """CoM-PT's copy: ``source`` into the leading corner of ``target``; the rest keeps its init.
+
+        Kept for growers written before :func:`comptlib.ops.corner`, which the built-in ones use.
+        """
+        corner(target, source, self.writer(gen))
 
     @torch.no_grad()
     def check(self, source: nn.Module, target: nn.Module, inputs: Any) -> GrowthCheck:

@@ -82,9 +82,9 @@ class Recipe:
         """What ``Chain(grower=...)`` gets: the method name, or the family's grower built with the recipe's options."""
         if not self.grower_options:
             return method
-        from comptlib.family import families
+        from comptlib.family import list_families
 
-        return families()[self.family].grower(method, **self.grower_options)
+        return list_families()[self.family].grower(method, **self.grower_options)
 
     def models(self, sizes: tuple[str, ...] | None = None, **options: Any) -> list[nn.Module]:
         """Fresh models for ``sizes`` (default: the recipe's ladder), built with ``options`` (``num_classes``)."""
@@ -293,3 +293,24 @@ RECIPES: dict[str, Recipe] = {
     "gpt2": Recipe("decoder_lm", ("32x2", "64x3", "128x4"), build=_lm("gpt2"), data=_LM_DATA, **_LM),
 }
 """Recipes by CLI name; the budgets keep the paper's 128:24:16 proportions."""
+
+
+def register_recipe(name: str, recipe: Recipe, *, replace: bool = False) -> Recipe:
+    """Add ``recipe`` under ``name`` (what ``comptlib grow --family NAME`` runs); returns it.
+
+    Third-party families call it next to :func:`~comptlib.register_family`,
+    typically from the module their ``comptlib.families`` entry point names.
+    Raises ValueError if the name is taken, unless ``replace=True``.
+    """
+    if name in RECIPES and RECIPES[name] is not recipe and not replace:
+        raise ValueError(f"recipe {name!r} is already registered (family {RECIPES[name].family!r}); pass replace=True")
+    RECIPES[name] = recipe
+    return recipe
+
+
+def list_recipes() -> dict[str, Recipe]:
+    """Every recipe by name: the built-in ones and those installed packages register (entry points loaded)."""
+    from comptlib.family import discover_families
+
+    discover_families()
+    return dict(RECIPES)

@@ -36,9 +36,7 @@ from comptlib.io import TMP_SUFFIX, clean_temporaries, repair_jsonl, write_json
 MARKER = ".comptlib-run.json"
 LOCK = ".comptlib.lock"
 CONFIG = "config.json"
-RUN_FILES = frozenset(
-    {MARKER, LOCK, CONFIG, "metrics.jsonl", "lineage.json", "report.json", "report.md", "report.png"}
-)
+RUN_FILES = frozenset({MARKER, LOCK, CONFIG, "metrics.jsonl", "lineage.json", "report.json", "report.md", "report.png"})
 STAGE_FILES = frozenset({"model.safetensors", "model", "state.pt", "stage.json", "partial.pt", "README.md"})
 RESUMABLE = frozenset(
     {"sizes", "budgets", "targets", "eval_every", "checkpoint_every", "device", "num_workers", "compile", "strategy"}
@@ -88,7 +86,12 @@ def _marker(path: Path) -> dict[str, Any] | None:
 
 
 def open_run(
-    path: str | Path, config: Mapping[str, Any], *, resume: bool = False, force: bool = False, stages: Iterable[str] = ()
+    path: str | Path,
+    config: Mapping[str, Any],
+    *,
+    resume: bool = False,
+    force: bool = False,
+    stages: Iterable[str] = (),
 ) -> Run:
     """Check ``path`` for this run, take its lock, clear it (``force``) and write the marker and config.
 

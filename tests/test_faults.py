@@ -28,6 +28,7 @@ TWO = SCRIPT.replace("resume=True)", "n=2, resume=True)")
 def reference() -> list[str]:
     return [weights_hash(m) for m in chain(None, n=2).fit(*digits_loaders(batch_size=32)).models_]
 
+
 KILL = """
 import os, signal
 import comptlib.io as io

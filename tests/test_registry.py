@@ -1,5 +1,6 @@
 """Users register their own family without editing comptlib, and the chain uses it."""
 
+import attrs
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,3 +107,100 @@ def test_comptlib_families_stays_callable_once_the_package_is_imported() -> None
 
     assert isinstance(comptlib.families(), dict) and "vit" in comptlib.families()
     assert comptlib.families.vit.build_vit is not None  # and the package still works as one
+
+
+def test_looking_up_a_torchvision_model_imports_no_other_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, comptlib\n"
+        "from comptlib.families.vit import build_vit\n"
+        "assert comptlib.family_of(build_vit(32, 1)).name == 'vit'\n"
+        "print(sorted(m for m in ('transformers', 'timm') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_list_families_has_every_builtin_family() -> None:
+    names = set(comptlib.list_families())
+    assert {"vit", "resnet", "convnext", "clip", "decoder_lm", "toy-mlp"} <= names
+
+
+def test_the_deprecated_spellings_still_work() -> None:
+    from comptlib.family import families
+
+    with pytest.warns(DeprecationWarning, match="list_families"):
+        assert families().keys() == comptlib.list_families().keys()
+    with pytest.warns(DeprecationWarning):
+        assert "vit" in comptlib.families()
+
+
+def test_an_unregistered_model_is_named_by_its_full_class_path() -> None:
+    class Unknown(nn.Linear):
+        pass
+
+    with pytest.raises(
+        TypeError,
+        match=r"Unknown \(test_registry\..*Unknown\).*torchvision\.models\.vision_transformer\.VisionTransformer",
+    ):
+        family_of(Unknown(2, 2))
+
+
+def test_registry_clashes_name_the_class_path(mlp_family) -> None:
+    other = attrs.evolve(mlp_family, name="other")
+    with pytest.raises(ValueError, match=r"already registered to family 'toy-mlp' \(as test_registry\.MLP\)"):
+        register_family(other)
+
+
+class PluginModel(nn.Module):
+    """A model class that only an entry point's family knows."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, hidden), nn.Linear(hidden, 3)
+
+
+def test_entry_points_register_families_and_recipes(monkeypatch, mlp_family) -> None:
+    import importlib.metadata
+
+    from comptlib import family as family_module
+    from comptlib import recipes
+    from comptlib.recipes import Recipe, list_recipes, register_recipe
+
+    plugin = attrs.evolve(mlp_family, name="plugin-mlp", model_types=(PluginModel,))
+    recipe = Recipe(
+        "plugin-mlp",
+        ("4x1", "8x1"),
+        (10.0, 2.0),
+        "steps",
+        1e-2,
+        8,
+        lambda width, depth: PluginModel(width),
+        lambda batch_size, seed: ([], []),
+        "nothing",
+    )
+
+    def register() -> None:
+        register_family(plugin)
+        register_recipe("plugin-mlp", recipe)
+
+    class Entry:
+        name = "plugin"
+
+        def load(self):
+            return register
+
+    def entry_points(*, group: str):
+        assert group == "comptlib.families"
+        return [Entry()]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(family_module, "_DISCOVERED", set())
+    monkeypatch.setattr(family_module, "_REGISTRY", dict(family_module._REGISTRY))
+    monkeypatch.setattr(recipes, "RECIPES", dict(recipes.RECIPES))
+    assert family_of(PluginModel(4)) is plugin  # found through the entry point, loaded on the miss
+    assert list_recipes()["plugin-mlp"] is recipe and "vit" in list_recipes()
+    with pytest.raises(ValueError, match="already registered"):
+        register_recipe("plugin-mlp", attrs.evolve(recipe, lr=1.0))

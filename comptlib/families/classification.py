@@ -1,4 +1,4 @@
-"""What the image-classification families share: evaluation."""
+"""What the image-classification families share: the objective on a feature tap, and evaluation."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from comptlib.family import Outputs
+
+
+def classify(features: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> Outputs:
+    """Cross-entropy of ``head(features)``; the features are what a transferer distils."""
+    logits = head(features)
+    return Outputs(loss=F.cross_entropy(logits, labels), logits=logits, features=features)
 
 
 @torch.no_grad()

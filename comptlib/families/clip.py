@@ -38,20 +38,24 @@ image-text similarity distributions instead (or as well, with ``WeightedSum``).
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
-from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPEncoderLayer
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
+from comptlib.families.transformer import Block, Embedding, Roles, Stack, TransformerGrower
 from comptlib.family import Family, Outputs, register_family
-from comptlib.grower import Grower, GrowthCheck, GrowthError, Method, require_growth
+from comptlib.grower import GrowthCheck, GrowthError, Method, require_growth
 from comptlib.image_text import EOS_ID, PAD_ID
-from comptlib.ops import Canvas, compt_depth_map, exact_depth_map, head_dims, mean_rows, norm_scale
+from comptlib.ops import (
+    Proj,
+    ResidualStream,
+    Writer,
+)
 from comptlib.settings import non_negative, one_of, positive, setting
 from comptlib.transferer import PROJECTORS, FeatureMSE, LogitKL, TransferConfig, Transferer
 
@@ -62,7 +66,6 @@ _EQUAL = ("text_vocab_size", "vision_image_size", "vision_patch_size", "vision_n
 _SAME_CONFIG = ("hidden_act", "eos_token_id")  # per tower; absent ones compare as None
 MAX_LOGIT_SCALE = math.log(100.0)
 """open_clip's clamp of the learned temperature: logits are at most 100 x cosine similarity."""
-_LAYER = re.compile(r"^(text|vision)_model\.encoder\.layers\.(\d+)\.")
 
 
 def clip_dims(model: CLIPModel) -> dict[str, int]:
@@ -84,52 +87,57 @@ def clip_dims(model: CLIPModel) -> dict[str, int]:
     return dims
 
 
-@attrs.frozen
-class _Stream:
-    """Where a source residual stream of width ``d`` sits in a target stream of width ``big``.
-
-    Mean-fill (LEMON) keeps ``[x, mean(x), ...]``; tiling (HyperCloning) keeps
-    ``[x, x, ..., x]`` with copy ``c`` at dims ``c*d ... (c+1)*d - 1``.
-    """
-
-    d: int
-    big: int
-    tile: bool
-
-    @property
-    def copies(self) -> int:
-        return self.big // self.d
-
-    @property
-    def eps_scale(self) -> float:
-        """Mean-fill shrinks the variance by ``d/big``, tiling keeps it."""
-        return 1.0 if self.tile else self.d / self.big
-
-    def fill(self, rows: torch.Tensor) -> torch.Tensor:
-        """A residual writer's ``(d, ...)`` rows as the target's ``(big, ...)``."""
-        if self.tile:
-            return rows.repeat(self.copies, *(1,) * (rows.dim() - 1))
-        return mean_rows(rows, self.big)
-
-    def read(self, weight: torch.Tensor, noise: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A residual reader's ``(out, d)`` weight as target input columns and their values.
-
-        Mean-fill writes the old columns only: the others read the zeros a
-        LayerNorm outputs on new dims, so they are free. Tiling spreads ``W``
-        over the ``k`` copies as ``W/k`` each, plus noise that sums to 0 over
-        the copies (so the copies can drift apart in training).
-        """
-        if not self.tile:
-            return torch.arange(self.d), weight
-        share = weight / self.copies
-        blocks = share.expand(self.copies, *share.shape)
-        if noise:
-            eps = torch.randn(blocks.shape, generator=gen) * (noise * share.float().std().item())
-            blocks = blocks + (eps - eps.mean(0)).to(share)
-        return torch.arange(self.big), blocks.permute(1, 0, 2).reshape(weight.shape[0], self.big)
+def _block(layer: CLIPEncoderLayer) -> Block:
+    attn, mlp = layer.self_attn, layer.mlp
+    return Block(
+        layer=layer,
+        attn_norm=layer.layer_norm1,
+        q=Proj.of(attn.q_proj),
+        k=Proj.of(attn.k_proj),
+        v=Proj.of(attn.v_proj),
+        o=Proj.of(attn.out_proj),
+        mlp_norm=layer.layer_norm2,
+        readers=(Proj.of(mlp.fc1),),
+        down=Proj.of(mlp.fc2),
+        scaling=attn.scale,
+    )
 
 
-class CLIPGrower(Grower):
+def _stack(tower: nn.Module, embeds: tuple[Embedding, ...], norm: nn.LayerNorm, projection: nn.Linear) -> Stack:
+    attn = tower.encoder.layers[0].self_attn
+    return Stack(
+        width=tower.config.hidden_size,
+        heads=(attn.num_heads, attn.num_heads),
+        head_dim=attn.head_dim,
+        embeds=embeds,
+        blocks=tuple(_block(layer) for layer in tower.encoder.layers),
+        norm=norm,
+        head=Proj.of(projection),
+        pre_norm=getattr(tower, "pre_layrnorm", None),
+    )
+
+
+def _roles(model: CLIPModel) -> Roles:
+    """Two stacks, text then vision; the vision tower's ``pre_layrnorm`` writes its residual stream."""
+    text, vision = model.text_model, model.vision_model
+    text_embeds = (
+        Embedding(text.embeddings.token_embedding.weight, axis=1),
+        Embedding(text.embeddings.position_embedding.weight, axis=1),
+    )
+    vision_embeds = (
+        Embedding(vision.embeddings.patch_embedding.weight),
+        Embedding(vision.embeddings.class_embedding),
+        Embedding(vision.embeddings.position_embedding.weight, axis=1),
+    )
+    return Roles(
+        stacks=(
+            _stack(text, text_embeds, text.final_layer_norm, model.text_projection),
+            _stack(vision, vision_embeds, vision.post_layernorm, model.visual_projection),
+        )
+    )
+
+
+class CLIPGrower(TransformerGrower):
     """Grows a Hugging Face ``CLIPModel``: both towers in width, heads, MLP size and depth, and the projection.
 
     ``approximate=True`` lets a vision width grow by a non-integer ratio
@@ -150,9 +158,7 @@ class CLIPGrower(Grower):
         )
 
     def validate(self, source: nn.Module, target: nn.Module) -> None:
-        for role, model in (("source", source), ("target", target)):
-            if not isinstance(model, CLIPModel):
-                raise TypeError(f"CLIPGrower needs transformers CLIPModel models, the {role} is {type(model).__name__}")
+        self.require_type(source, target, CLIPModel, "transformers")
         s, t = clip_dims(source), clip_dims(target)
         require_growth(s, t, grow=_GROW, equal=_EQUAL)
         if t["text_max_position_embeddings"] < s["text_max_position_embeddings"]:
@@ -198,15 +204,6 @@ class CLIPGrower(Grower):
         return torch.block_diag(eye, eye)
 
     @torch.no_grad()
-    def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
-        self.validate(source, target)
-        if self.exact:
-            self._grow_exact(source, target)
-        else:
-            self._grow_compt(source, target)
-        return target
-
-    @torch.no_grad()
     def check_towers(
         self, source: nn.Module, target: nn.Module, inputs: Mapping[str, torch.Tensor]
     ) -> dict[str, GrowthCheck]:
@@ -237,147 +234,28 @@ class CLIPGrower(Grower):
         """The worse of :meth:`check_towers`' image and text checks."""
         return max(self.check_towers(source, target, inputs).values(), key=lambda c: c.max_rel)
 
-    # -- exact -----------------------------------------------------------------
-    def _streams(self, source: CLIPModel, target: CLIPModel) -> tuple[_Stream, _Stream]:
+    def roles(self, model: nn.Module) -> Roles:
+        return _roles(model)
+
+    def streams(self, source: Roles, target: Roles) -> tuple[ResidualStream, ...]:
         """The text stream is mean-filled; the vision stream is tiled, or mean-filled when only an
         approximation exists (non-integer ratio)."""
-        s, t = clip_dims(source), clip_dims(target)
-        d, big = s["vision_hidden_size"], t["vision_hidden_size"]
-        return _Stream(s["text_hidden_size"], t["text_hidden_size"], tile=False), _Stream(d, big, tile=big % d == 0)
+        (st, sv), (tt, tv) = source.stacks, target.stacks
+        vision = "tile" if tv.width % sv.width == 0 else "mean"
+        return ResidualStream(st.width, tt.width, "mean"), ResidualStream(sv.width, tv.width, vision)
 
-    def _grow_exact(self, source: CLIPModel, target: CLIPModel) -> None:
-        gen = self._generator()
-        text, vision = self._streams(source, target)
-        st, tt = source.text_model, target.text_model
-        self._embed(st.embeddings.token_embedding.weight, tt.embeddings.token_embedding.weight, text, gen, 1)
-        self._embed(st.embeddings.position_embedding.weight, tt.embeddings.position_embedding.weight, text, gen, 1)
-        sv, tv = source.vision_model, target.vision_model
-        self._embed(sv.embeddings.patch_embedding.weight, tv.embeddings.patch_embedding.weight, vision, gen, 0)
-        self._embed(sv.embeddings.class_embedding, tv.embeddings.class_embedding, vision, gen, 0)
-        self._embed(sv.embeddings.position_embedding.weight, tv.embeddings.position_embedding.weight, vision, gen, 1)
-        self._norm(sv.pre_layrnorm, tv.pre_layrnorm, vision, gen, writes_residual=True)
-
-        towers = (
-            (st, tt, st.final_layer_norm, tt.final_layer_norm, source.text_projection, target.text_projection),
-            (sv, tv, sv.post_layernorm, tv.post_layernorm, source.visual_projection, target.visual_projection),
-        )
-        for stream, (s_model, t_model, s_norm, t_norm, s_proj, t_proj) in zip((text, vision), towers):
-            self._encoder(s_model.encoder, t_model.encoder, stream, gen)
-            self._norm(s_norm, t_norm, stream, gen)
-            width = s_proj.out_features
-            self._read(s_proj, t_proj, torch.arange(width), stream, gen, zero=torch.arange(width, t_proj.out_features))
+    def finish_exact(
+        self, source: nn.Module, target: nn.Module, streams: Sequence[ResidualStream], writer: Writer
+    ) -> None:
+        """Every LayerNorm of a tower (and its config) gets the tower's eps; ``logit_scale`` is copied."""
+        for tower, stream in zip(TOWERS, streams):
+            s_model, t_model = getattr(source, f"{tower}_model"), getattr(target, f"{tower}_model")
             eps = s_model.config.layer_norm_eps * stream.eps_scale
             t_model.config.layer_norm_eps = eps
             for module in t_model.modules():
                 if isinstance(module, nn.LayerNorm):
                     module.eps = eps
         target.logit_scale.copy_(source.logit_scale)
-
-    def _embed(self, src: torch.Tensor, tgt: torch.Tensor, stream: _Stream, gen: torch.Generator, axis: int) -> None:
-        """An embedding (a residual writer along ``axis``); target rows past the source's (positions) are free."""
-        values = stream.fill(src.movedim(axis, 0)).movedim(0, axis)
-        canvas = Canvas(tgt)
-        canvas.put(tuple(slice(0, n) for n in values.shape), values)
-        self._write(tgt, canvas, gen)
-
-    def _norm(
-        self, src: nn.LayerNorm, tgt: nn.LayerNorm, stream: _Stream, gen: torch.Generator, writes_residual: bool = False
-    ) -> None:
-        """Tiling tiles gamma and beta. Mean-fill scales the old gammas by ``sqrt(d/D)``; new gammas are free
-        (they scale zeros) and new betas 0, or ``mean(beta)`` for a norm whose output is the residual stream."""
-        gamma, beta = Canvas(tgt.weight), Canvas(tgt.bias)
-        if stream.tile:
-            gamma.put(slice(None), stream.fill(src.weight))
-            beta.put(slice(None), stream.fill(src.bias))
-        else:
-            gamma.put(slice(0, stream.d), src.weight * norm_scale(stream.d, stream.big))
-            new_beta = stream.fill(src.bias) if writes_residual else F.pad(src.bias, (0, stream.big - stream.d))
-            beta.put(slice(None), new_beta)
-        self._write(tgt.weight, gamma, gen)
-        self._write(tgt.bias, beta, gen)
-
-    def _read(
-        self,
-        src: nn.Linear,
-        tgt: nn.Linear,
-        rows: torch.Tensor,
-        stream: _Stream,
-        gen: torch.Generator,
-        scale: float = 1.0,
-        zero: torch.Tensor | None = None,
-    ) -> None:
-        """A Linear reading the residual stream: source outputs go to ``rows``, ``zero`` rows are zeroed."""
-        cols, values = stream.read(src.weight * scale, self.noise, gen)
-        parts = [(tgt.weight, Canvas(tgt.weight))]
-        parts[0][1].put((rows[:, None], cols[None, :]), values)
-        if tgt.bias is not None:
-            parts.append((tgt.bias, Canvas(tgt.bias)))
-            parts[1][1].put(rows, src.bias * scale)
-        for param, canvas in parts:
-            if zero is not None:
-                canvas.put(zero, 0.0)
-            self._write(param, canvas, gen)
-
-    def _write_residual(
-        self, src: nn.Linear, tgt: nn.Linear, cols: torch.Tensor, stream: _Stream, gen: torch.Generator
-    ) -> None:
-        """A Linear writing the residual stream: source inputs come from ``cols``, every other input column is 0."""
-        old = src.weight.new_zeros(src.out_features, tgt.in_features)
-        old[:, cols] = src.weight
-        weight, bias = Canvas(tgt.weight), Canvas(tgt.bias)
-        weight.put(slice(None), stream.fill(old))
-        bias.put(slice(None), stream.fill(src.bias))
-        self._write(tgt.weight, weight, gen)
-        self._write(tgt.bias, bias, gen)
-
-    def _encoder(self, src: CLIPEncoder, tgt: CLIPEncoder, stream: _Stream, gen: torch.Generator) -> None:
-        for tb, idx in zip(tgt.layers, exact_depth_map(len(src.layers), len(tgt.layers))):
-            if idx is None:
-                self._identity_block(tb, gen)
-            else:
-                self._exact_block(src.layers[idx], tb, stream, gen)
-
-    def _exact_block(self, sb: CLIPEncoderLayer, tb: CLIPEncoderLayer, stream: _Stream, gen: torch.Generator) -> None:
-        sa, ta = sb.self_attn, tb.self_attn
-        heads = torch.arange(sa.num_heads)
-        placed = head_dims(heads, torch.arange(sa.head_dim), ta.head_dim)
-        gaps = head_dims(heads, torch.arange(sa.head_dim, ta.head_dim), ta.head_dim)  # must not add to q.k
-        self._norm(sb.layer_norm1, tb.layer_norm1, stream, gen)
-        self._norm(sb.layer_norm2, tb.layer_norm2, stream, gen)
-        self._read(sa.q_proj, ta.q_proj, placed, stream, gen, scale=sa.scale / ta.scale, zero=gaps)
-        self._read(sa.k_proj, ta.k_proj, placed, stream, gen)
-        self._read(sa.v_proj, ta.v_proj, placed, stream, gen)
-        self._write_residual(sa.out_proj, ta.out_proj, placed, stream, gen)
-        units = torch.arange(sb.mlp.fc1.out_features)
-        self._read(sb.mlp.fc1, tb.mlp.fc1, units, stream, gen)
-        self._write_residual(sb.mlp.fc2, tb.mlp.fc2, units, stream, gen)
-
-    def _identity_block(self, tb: CLIPEncoderLayer, gen: torch.Generator) -> None:
-        """A new block whose residual branches output zero: attention and MLP writers are zeroed."""
-        writers = {id(p) for layer in (tb.self_attn.out_proj, tb.mlp.fc2) for p in layer.parameters()}
-        for param in tb.parameters():
-            canvas = Canvas(param)
-            if id(param) in writers:
-                canvas.put(slice(None), 0.0)
-            self._write(param, canvas, gen)  # every other entry is free: noise may go there
-
-    # -- compt -----------------------------------------------------------------
-    def _grow_compt(self, source: CLIPModel, target: CLIPModel) -> None:
-        """Leading-corner copy of every tensor (q, k and v are separate in HF CLIP) and block duplication."""
-        gen = self._generator()
-        depth = {
-            tower: compt_depth_map(len(s.encoder.layers), len(t.encoder.layers))
-            for tower, s, t in zip(
-                TOWERS, (source.text_model, source.vision_model), (target.text_model, target.vision_model)
-            )
-        }
-        src = dict(source.named_parameters())
-        for name, param in target.named_parameters():
-            match = _LAYER.match(name)
-            if match:
-                tower, j = match.groups()
-                name = f"{tower}_model.encoder.layers.{depth[tower][int(j)]}.{name[match.end() :]}"
-            self._corner(param, src[name], gen)
 
 
 def _embeddings(model: CLIPModel, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

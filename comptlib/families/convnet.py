@@ -46,15 +46,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.convnext import CNBlock, CNBlockConfig, ConvNeXt
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from comptlib.families.classification import evaluate_classifier
+from comptlib.families.classification import classify, evaluate_classifier
 from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import Grower, GrowthError, Method, require_growth
-from comptlib.ops import Canvas, compt_depth_map, exact_depth_map, mean_rows, norm_scale
+from comptlib.ops import Canvas, ResidualStream, Writer, compt_depth_map, exact_depth_map, grow_norm, identity_block
 from comptlib.transferer import FeatureMSE
 
 CONVNEXT_WIDTH_ERROR = 0.1
@@ -190,7 +189,7 @@ def _copy_stats(src: nn.BatchNorm2d, tgt: nn.BatchNorm2d) -> None:
 
 
 class _ConvGrower(Grower):
-    """What the ConvNet growers share: noisy canvases, corner copies, block maps, identity blocks."""
+    """What the ConvNet growers share: corner copies with BatchNorm statistics, block maps."""
 
     def feature_map(self, source: nn.Module, target: nn.Module) -> torch.Tensor | None:
         """After exact growth the source's pooled features are the leading slice of the target's.
@@ -201,7 +200,7 @@ class _ConvGrower(Grower):
             return None
         return torch.eye(_classifier(target).in_features, _classifier(source).in_features)
 
-    def _copy(self, src: nn.Module, tgt: nn.Module, gen: torch.Generator, *, isolate: bool = False) -> None:
+    def _copy(self, src: nn.Module, tgt: nn.Module, writer: Writer, *, isolate: bool = False) -> None:
         """Copy every parameter and BatchNorm statistic of ``src`` into the leading corner of ``tgt``'s namesake.
 
         With ``isolate``, every weight is 0 where an old output reads a new
@@ -219,7 +218,7 @@ class _ConvGrower(Grower):
                 canvas.put(corner, value[corner])
                 if isolate and value.dim() > 1:
                     canvas.put((slice(0, value.shape[0]), slice(value.shape[1], None)), 0.0)
-                self._write(param, canvas, gen)
+                writer(param, canvas)
             if isinstance(t_mod, nn.BatchNorm2d):
                 _copy_stats(s_mod, t_mod)
 
@@ -234,24 +233,14 @@ class _ConvGrower(Grower):
             for tb, k in zip(t_stage, depth_map(len(s_stage), len(t_stage)))
         ]
 
-    def _identity(self, block: nn.Module, writers: Sequence[torch.Tensor], gen: torch.Generator) -> None:
-        """A new block whose residual branch outputs 0: ``writers`` are zeroed, every other entry is free."""
-        zeroed = {id(p) for p in writers}
-        for param in block.parameters():
-            canvas = Canvas(param)
-            if id(param) in zeroed:
-                canvas.put(slice(None), 0.0)
-            self._write(param, canvas, gen)
-
 
 class ResNetGrower(_ConvGrower):
     """Grows a torchvision ``ResNet`` in stem, stage and inner widths and in blocks per stage."""
 
     def validate(self, source: nn.Module, target: nn.Module) -> None:
         kinds = []
+        self.require_type(source, target, ResNet, "torchvision")
         for role, model in (("source", source), ("target", target)):
-            if not isinstance(model, ResNet):
-                raise TypeError(f"ResNetGrower needs torchvision ResNet models, the {role} is {type(model).__name__}")
             types = {type(b) for stage in _resnet_stages(model) for b in stage}
             if len(types) != 1:
                 names = sorted(t.__name__ for t in types) or ["none"]
@@ -274,17 +263,17 @@ class ResNetGrower(_ConvGrower):
     @torch.no_grad()
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
         self.validate(source, target)
-        gen = self._generator()
+        writer = self.writer()
         pairs: list[tuple[nn.Module, nn.Module]] = [(source.conv1, target.conv1), (source.bn1, target.bn1)]
         for sb, tb in self._blocks(_resnet_stages(source), _resnet_stages(target)):
             if sb is None:
                 bn = _last_bn(tb)
-                self._identity(tb, (bn.weight, bn.bias), gen)
+                identity_block(tb.parameters(), (bn.weight, bn.bias), writer)
             else:
                 pairs.append((sb, tb))
         pairs.append((source.fc, target.fc))
         for src, tgt in pairs:
-            self._copy(src, tgt, gen, isolate=self.exact)
+            self._copy(src, tgt, writer, isolate=self.exact)
         return target
 
 
@@ -298,11 +287,8 @@ class ConvNeXtGrower(_ConvGrower):
         self.approximate = approximate
 
     def validate(self, source: nn.Module, target: nn.Module) -> None:
+        self.require_type(source, target, ConvNeXt, "torchvision")
         for role, model in (("source", source), ("target", target)):
-            if not isinstance(model, ConvNeXt):
-                raise TypeError(
-                    f"ConvNeXtGrower needs torchvision ConvNeXt models, the {role} is {type(model).__name__}"
-                )
             other = {type(b).__name__ for stage in _convnext_stages(model) for b in stage} - {"CNBlock"}
             if other:
                 raise TypeError(f"ConvNeXtGrower needs CNBlock blocks, the {role} has {', '.join(sorted(other))}")
@@ -325,53 +311,53 @@ class ConvNeXtGrower(_ConvGrower):
     @torch.no_grad()
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
         self.validate(source, target)
-        gen = self._generator()
+        writer = self.writer()
         if self.exact:
-            self._grow_mean_fill(source, target, gen)
+            self._grow_mean_fill(source, target, writer)
         else:
             pairs = [(source.features[0], target.features[0]), (source.classifier, target.classifier)]
             pairs += list(zip(source.features[2::2], target.features[2::2]))
             pairs += self._blocks(_convnext_stages(source), _convnext_stages(target))
             for src, tgt in pairs:
-                self._copy(src, tgt, gen)
+                self._copy(src, tgt, writer)
         return target
 
     # -- exact / approximate (mean-fill) -----------------------------------------
-    def _grow_mean_fill(self, source: ConvNeXt, target: ConvNeXt, gen: torch.Generator) -> None:
+    def _grow_mean_fill(self, source: ConvNeXt, target: ConvNeXt, writer: Writer) -> None:
         """Exact when only depth grows; the approximate mean-fill of the module docstring when width does."""
         (s_conv, s_norm), (t_conv, t_norm) = source.features[0], target.features[0]
-        self._layer(s_conv, t_conv, gen, mean_fill=True)
-        self._norm(s_norm, t_norm, gen)
+        self._layer(s_conv, t_conv, writer, mean_fill=True)
+        _norm(s_norm, t_norm, writer)
         for (s_norm, s_conv), (t_norm, t_conv) in zip(source.features[2::2], target.features[2::2]):
-            self._norm(s_norm, t_norm, gen)
-            self._layer(s_conv, t_conv, gen, mean_fill=True)
+            _norm(s_norm, t_norm, writer)
+            self._layer(s_conv, t_conv, writer, mean_fill=True)
         for sb, tb in self._blocks(_convnext_stages(source), _convnext_stages(target)):
             if sb is None:
-                self._identity(tb, (tb.layer_scale,), gen)
+                identity_block(tb.parameters(), (tb.layer_scale,), writer)
             else:
-                self._block(sb, tb, gen)
-        self._norm(source.classifier[0], target.classifier[0], gen)
-        self._layer(_classifier(source), _classifier(target), gen, mean_fill=False)
+                self._block(sb, tb, writer)
+        _norm(source.classifier[0], target.classifier[0], writer)
+        self._layer(_classifier(source), _classifier(target), writer, mean_fill=False)
 
-    def _block(self, sb: CNBlock, tb: CNBlock, gen: torch.Generator) -> None:
+    def _block(self, sb: CNBlock, tb: CNBlock, writer: Writer) -> None:
         dw, norm, fc1, fc2 = (0, 2, 3, 5)  # positions in CNBlock.block
-        self._layer(sb.block[dw], tb.block[dw], gen, mean_fill=True)
-        self._norm(sb.block[norm], tb.block[norm], gen)
-        self._layer(sb.block[fc1], tb.block[fc1], gen, mean_fill=False)
+        self._layer(sb.block[dw], tb.block[dw], writer, mean_fill=True)
+        _norm(sb.block[norm], tb.block[norm], writer)
+        self._layer(sb.block[fc1], tb.block[fc1], writer, mean_fill=False)
         # The new residual channels must receive mean_c(scale_c * out_c): fold the layer scale into fc2's mean.
         scale = sb.layer_scale.flatten()
         new_scale = scale.abs().mean()
-        self._layer(sb.block[fc2], tb.block[fc2], gen, mean_fill=True, weights=scale / new_scale.clamp_min(1e-30))
+        self._layer(sb.block[fc2], tb.block[fc2], writer, mean_fill=True, weights=scale / new_scale.clamp_min(1e-30))
         canvas = Canvas(tb.layer_scale)
         canvas.put(slice(0, len(scale)), sb.layer_scale)
         canvas.put(slice(len(scale), None), new_scale)
-        self._write(tb.layer_scale, canvas, gen)
+        writer(tb.layer_scale, canvas)
 
     def _layer(
         self,
         src: nn.Conv2d | nn.Linear,
         tgt: nn.Conv2d | nn.Linear,
-        gen: torch.Generator,
+        writer: Writer,
         *,
         mean_fill: bool,
         weights: torch.Tensor | None = None,
@@ -391,18 +377,14 @@ class ConvNeXtGrower(_ConvGrower):
             rows = w.data.new_ones(out) if weights is None else weights
             w.put(slice(out, None), (w.data[:out] * rows.view(-1, *[1] * (w.data.dim() - 1))).mean(0))
             b.put(slice(out, None), (b.data[:out] * rows).mean(0))
-        self._write(tgt.weight, w, gen)
-        self._write(tgt.bias, b, gen)
+        writer(tgt.weight, w)
+        writer(tgt.bias, b)
 
-    def _norm(self, src: nn.LayerNorm, tgt: nn.LayerNorm, gen: torch.Generator) -> None:
-        """LayerNorm over ``[x, mean(x), ...]`` gives ``[LN(x), mean(beta), ...]`` (LEMON's rule)."""
-        d, big = src.normalized_shape[0], tgt.normalized_shape[0]
-        gamma, beta = Canvas(tgt.weight), Canvas(tgt.bias)
-        gamma.put(slice(0, d), src.weight * norm_scale(d, big))
-        beta.put(slice(None), mean_rows(src.bias, big))
-        self._write(tgt.weight, gamma, gen)
-        self._write(tgt.bias, beta, gen)
-        tgt.eps = src.eps * d / big
+
+def _norm(src: nn.LayerNorm, tgt: nn.LayerNorm, writer: Writer) -> None:
+    """LayerNorm over ``[x, mean(x), ...]`` gives ``[LN(x), mean(beta), ...]`` (LEMON's rule)."""
+    stream = ResidualStream(src.normalized_shape[0], tgt.normalized_shape[0], "mean")
+    grow_norm(src, tgt, stream, writer, writes_residual=True)
 
 
 def _pooled(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -419,9 +401,7 @@ def _pooled(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def convnet_forward(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> Outputs:
     """Classification cross-entropy; the features are the pooled features before the final Linear."""
     images, labels = batch
-    features = _pooled(model, images)
-    logits = _classifier(model)(features)
-    return Outputs(loss=F.cross_entropy(logits, labels), logits=logits, features=features)
+    return classify(_pooled(model, images), _classifier(model), labels)
 
 
 RESNET = register_family(

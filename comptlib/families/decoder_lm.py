@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,16 +41,17 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from comptlib.families.transformer import Block, Embedding, Roles, Stack, TransformerGrower
 from comptlib.family import Family, Outputs, register_family
-from comptlib.grower import Grower, GrowthError, Method, require_growth
+from comptlib.grower import GrowthError, Method, require_growth
 from comptlib.ops import (
-    Canvas,
+    HeadPlan,
+    Proj,
+    ResidualStream,
+    Writer,
     compt_depth_map,
     exact_depth_map,
-    gqa_placement,
-    head_dims,
-    mean_rows,
-    norm_scale,
+    head_plan,
     rope_dim_map,
     rope_mismatch,
     stack_depth_map,
@@ -81,149 +81,103 @@ _SAME_CONFIG = (
 _ROPE_TOLERANCE = 1e-6
 
 
-@attrs.frozen
-class _Proj:
-    """A linear map as an ``(out, in)`` weight and a bias, whatever its storage.
+def _gpt2_block(layer: nn.Module) -> Block:
+    attn, mlp = layer.attn, layer.mlp
+    q, k, v = Proj.packed(attn.c_attn.weight.T, attn.c_attn.bias)
+    return Block(
+        layer=layer,
+        attn_norm=layer.ln_1,
+        q=q,
+        k=k,
+        v=v,
+        o=Proj.transposed(attn.c_proj),
+        mlp_norm=layer.ln_2,
+        readers=(Proj.transposed(mlp.c_fc),),
+        down=Proj.transposed(mlp.c_proj),
+        scaling=attn.scaling,
+    )
 
-    GPT-2's ``Conv1D`` stores ``(in, out)`` and packs Q, K and V in one module;
-    these are views, so writing into them writes the parameters.
+
+def _llama_block(layer: nn.Module) -> Block:
+    attn, mlp = layer.self_attn, layer.mlp
+    return Block(
+        layer=layer,
+        attn_norm=layer.input_layernorm,
+        q=Proj.of(attn.q_proj),
+        k=Proj.of(attn.k_proj),
+        v=Proj.of(attn.v_proj),
+        o=Proj.of(attn.o_proj),
+        mlp_norm=layer.post_attention_layernorm,
+        readers=(Proj.of(mlp.gate_proj), Proj.of(mlp.up_proj)),
+        down=Proj.of(mlp.down_proj),
+        scaling=attn.scaling,
+    )
+
+
+def _gpt2(model: nn.Module) -> bool:
+    return isinstance(model, GPT2LMHeadModel)
+
+
+def _attn(layer: nn.Module) -> nn.Module:
+    return layer.self_attn if hasattr(layer, "self_attn") else layer.attn
+
+
+def _roles(model: nn.Module) -> Roles:
+    """The role map of a GPT-2 or Llama-layout causal LM; TypeError for anything else.
+
+    GPT-2 is mean-filled under LayerNorm, its Conv1D weights are transposed
+    views and ``c_attn`` packs Q, K and V along its last axis; the Llama
+    layout is zero-filled under RMSNorm. A tied lm_head has no role of its own.
     """
-
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-
-
-@attrs.frozen
-class _Block:
-    layer: nn.Module
-    attn: nn.Module
-    attn_norm: nn.Module
-    q: _Proj
-    k: _Proj
-    v: _Proj
-    o: _Proj
-    mlp_norm: nn.Module
-    readers: tuple[_Proj, ...]  # MLP input projections (gate, up / c_fc)
-    down: _Proj
-    packed: nn.Module | None  # GPT-2's c_attn: split into Q, K, V for the corner copy
-
-
-@attrs.frozen
-class _Roles:
-    embeds: tuple[nn.Embedding, ...]  # token embedding first, then position embedding if any
-    layers: nn.ModuleList
-    blocks: tuple[_Block, ...]
-    norm: nn.Module
-    lm_head: nn.Linear
-    rotary: nn.Module | None
-    mean_fill: bool  # LayerNorm: new residual dims hold the mean; RMSNorm: they hold 0
-    eps_key: str  # the config entry of every norm's eps
-
-    @property
-    def eps_attr(self) -> str:
-        return "eps" if self.mean_fill else "variance_epsilon"
-
-    @property
-    def tied(self) -> bool:
-        return self.lm_head.weight is self.embeds[0].weight
-
-
-def _linear(module: nn.Linear) -> _Proj:
-    return _Proj(module.weight, module.bias)
-
-
-def _conv1d(module: nn.Module) -> _Proj:
-    return _Proj(module.weight.T, module.bias)
-
-
-def _gpt2_roles(model: GPT2LMHeadModel) -> _Roles:
-    body = model.transformer
-    blocks = []
-    for layer in body.h:
-        attn, mlp = layer.attn, layer.mlp
-        q, k, v = (_Proj(w, b) for w, b in zip(attn.c_attn.weight.T.chunk(3), attn.c_attn.bias.chunk(3)))
-        blocks.append(
-            _Block(
-                layer=layer,
-                attn=attn,
-                attn_norm=layer.ln_1,
-                q=q,
-                k=k,
-                v=v,
-                o=_conv1d(attn.c_proj),
-                mlp_norm=layer.ln_2,
-                readers=(_conv1d(mlp.c_fc),),
-                down=_conv1d(mlp.c_proj),
-                packed=attn.c_attn,
-            )
-        )
-    return _Roles(
-        embeds=(body.wte, body.wpe),
-        layers=body.h,
-        blocks=tuple(blocks),
-        norm=body.ln_f,
-        lm_head=model.lm_head,
-        rotary=None,
-        mean_fill=True,
-        eps_key="layer_norm_epsilon",
-    )
-
-
-def _llama_roles(model: nn.Module) -> _Roles:
-    body = model.model
-    blocks = tuple(
-        _Block(
-            layer=layer,
-            attn=layer.self_attn,
-            attn_norm=layer.input_layernorm,
-            q=_linear(layer.self_attn.q_proj),
-            k=_linear(layer.self_attn.k_proj),
-            v=_linear(layer.self_attn.v_proj),
-            o=_linear(layer.self_attn.o_proj),
-            mlp_norm=layer.post_attention_layernorm,
-            readers=(_linear(layer.mlp.gate_proj), _linear(layer.mlp.up_proj)),
-            down=_linear(layer.mlp.down_proj),
-            packed=None,
-        )
-        for layer in body.layers
-    )
-    return _Roles(
-        embeds=(body.embed_tokens,),
-        layers=body.layers,
-        blocks=blocks,
-        norm=body.norm,
-        lm_head=model.lm_head,
-        rotary=body.rotary_emb,
-        mean_fill=False,
-        eps_key="rms_norm_eps",
-    )
-
-
-def _roles(model: nn.Module) -> _Roles:
-    """The role map of a GPT-2 or Llama-layout causal LM; TypeError for anything else."""
-    if isinstance(model, GPT2LMHeadModel):
-        return _gpt2_roles(model)
+    cfg = model.config
     try:
-        return _llama_roles(model)
+        if _gpt2(model):
+            body = model.transformer
+            embeds, layers, norm = (body.wte, body.wpe), body.h, body.ln_f
+            blocks, fill, eps_attr = tuple(_gpt2_block(layer) for layer in layers), "mean", "eps"
+            rotary = None
+        else:
+            body = model.model
+            embeds, layers, norm = (body.embed_tokens,), body.layers, body.norm
+            blocks, fill, eps_attr = tuple(_llama_block(layer) for layer in layers), "zero", "variance_epsilon"
+            rotary = body.rotary_emb
     except AttributeError as err:
         raise TypeError(
             f"DecoderLMGrower needs GPT2LMHeadModel or a Llama-layout causal LM "
             f"(model.layers[i].self_attn.q_proj ..., mlp.gate_proj ...), got {type(model).__name__}: {err}"
         ) from err
+    heads = cfg.num_attention_heads
+    tied = model.lm_head.weight is embeds[0].weight
+    return Roles(
+        stacks=(
+            Stack(
+                width=cfg.hidden_size,
+                heads=(heads, getattr(cfg, "num_key_value_heads", None) or heads),
+                head_dim=_attn(layers[0]).head_dim,
+                embeds=tuple(Embedding(e.weight, axis=1) for e in embeds),
+                blocks=blocks,
+                norm=norm,
+                head=None if tied else Proj.of(model.lm_head),
+                fill=fill,
+                eps_attr=eps_attr,
+                rotary=rotary,
+            ),
+        ),
+        packed=lambda name: -1 if name.startswith("attn.c_attn.") else None,
+    )
 
 
 def decoder_lm_dims(model: nn.Module) -> dict[str, int]:
     """The sizes of a causal LM that a chain grows (or keeps: vocab_size, and max positions must not shrink)."""
-    roles, cfg = _roles(model), model.config
-    block = roles.blocks[0]
+    stack, cfg = _roles(model).stacks[0], model.config
     return {
-        "vocab_size": roles.embeds[0].num_embeddings,
+        "vocab_size": stack.embeds[0].tensor.shape[0],
         "hidden_size": cfg.hidden_size,
-        "intermediate_size": block.down.weight.shape[1],
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
-        "head_dim": block.attn.head_dim,
-        "num_hidden_layers": len(roles.blocks),
+        "intermediate_size": stack.blocks[0].down.weight.shape[1],
+        "num_attention_heads": stack.heads[0],
+        "num_key_value_heads": stack.heads[1],
+        "head_dim": stack.head_dim,
+        "num_hidden_layers": len(stack.blocks),
         "max_position_embeddings": cfg.max_position_embeddings,
     }
 
@@ -233,18 +187,12 @@ def _window(attn: nn.Module, config: Any) -> int | None:
     return getattr(attn, "sliding_window", getattr(config, "sliding_window", None))
 
 
-@attrs.frozen
-class _HeadPlan:
-    """Where source attention dims go in the target, shared by all blocks."""
-
-    q_rows: torch.Tensor  # target Q dims receiving source Q dims, in source order
-    q_gaps: torch.Tensor  # target Q dims of placed heads that receive nothing: zero, or they add to q.k
-    kv_rows: torch.Tensor  # target K/V dims receiving source K/V dims
-    kv_src: torch.Tensor  # the source K/V dims they copy
-    gain: float  # RoPE attention_scaling ratio squared, folded into Q
+def _eps_key(model: nn.Module) -> str:
+    """The config entry of every norm's eps."""
+    return "layer_norm_epsilon" if _gpt2(model) else "rms_norm_eps"
 
 
-class DecoderLMGrower(Grower):
+class DecoderLMGrower(TransformerGrower):
     """Grows a causal LM (Llama layout or GPT-2) in width, heads, kv heads, MLP size and depth.
 
     ``approximate=True`` allows, under RoPE, a head_dim change whose rotation
@@ -253,6 +201,9 @@ class DecoderLMGrower(Grower):
     how ``method="compt"`` fills extra blocks: ``"interleave"`` (CoM-PT,
     ``l -> 2l, 2l+1``) or ``"stack"`` (G_stack, the whole stack repeated).
     """
+
+    zero_writers_last = True
+    compt_blocks_last = True
 
     def __init__(
         self,
@@ -282,12 +233,15 @@ class DecoderLMGrower(Grower):
         """Exact growth promises the function only when no RoPE approximation is allowed."""
         return self.method == "exact" and not self.approximate
 
+    def roles(self, model: nn.Module) -> Roles:
+        return _roles(model)
+
     def validate(self, source: nn.Module, target: nn.Module) -> None:
         if type(source) is not type(target):
             raise TypeError(
                 f"source and target must be the same model class, got {type(source).__name__} -> {type(target).__name__}"
             )
-        s_roles, t_roles = _roles(source), _roles(target)
+        s_roles, t_roles = _roles(source).stacks[0], _roles(target).stacks[0]
         s, t = decoder_lm_dims(source), decoder_lm_dims(target)
         require_growth(s, t, grow=_GROW, equal=("vocab_size",))
         if t["max_position_embeddings"] < s["max_position_embeddings"]:
@@ -301,24 +255,15 @@ class DecoderLMGrower(Grower):
         if any(getattr(m.config, "add_cross_attention", False) for m in (source, target)):
             raise GrowthError("add_cross_attention: cross-attention layers are not grown")
         if self.method == "exact":
-            self._head_plan(s_roles, t_roles, s, t)
-            windows = [_window(b.attn, source.config) for b in s_roles.blocks]
+            self.head_plan(s_roles, t_roles)
+            windows = [_window(_attn(b.layer), source.config) for b in s_roles.blocks]
             for j, idx in enumerate(exact_depth_map(s["num_hidden_layers"], t["num_hidden_layers"])):
-                window = _window(t_roles.blocks[j].attn, target.config)
+                window = _window(_attn(t_roles.blocks[j].layer), target.config)
                 if idx is not None and window != windows[idx]:
                     raise GrowthError(
                         f"sliding_window: target layer {j} attends with window {window}, "
                         f"but copies source layer {idx} with window {windows[idx]}"
                     )
-
-    @torch.no_grad()
-    def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
-        self.validate(source, target)
-        if self.method == "exact":
-            self._grow_exact(source, target)
-        else:
-            self._grow_compt(source, target)
-        return target
 
     def feature_map(self, source: nn.Module, target: nn.Module) -> torch.Tensor | None:
         """After exact growth the final (post-norm) hidden states are ``[h, 0]``: the map is ``eye(D, d)``."""
@@ -326,18 +271,15 @@ class DecoderLMGrower(Grower):
             return None
         return torch.eye(target.config.hidden_size, source.config.hidden_size)
 
-    # -- exact -----------------------------------------------------------------
-    def _head_plan(self, s: _Roles, t: _Roles, sd: Mapping[str, int], td: Mapping[str, int]) -> _HeadPlan:
+    def depth_map(self, src: int, dst: int) -> list[int]:
+        return (compt_depth_map if self.depth == "interleave" else stack_depth_map)(src, dst)
+
+    def head_plan(self, source: Stack, target: Stack) -> HeadPlan:
         """Place heads (GQA groups kept) and head dims (RoPE frequencies kept); GrowthError if impossible."""
-        heads = ("num_attention_heads", "num_key_value_heads")
-        try:
-            q_pos, kv_src = gqa_placement(*(sd[k] for k in heads), *(td[k] for k in heads))
-        except ValueError as err:
-            raise GrowthError(str(err)) from err
-        hd, new_hd = sd["head_dim"], td["head_dim"]
-        dim_map, gain = torch.arange(hd), 1.0
-        if s.rotary is not None:
-            freqs, new_freqs = s.rotary.inv_freq, t.rotary.inv_freq
+        hd, new_hd = source.head_dim, target.head_dim
+        dim_map, gain = None, 1.0
+        if source.rotary is not None:
+            freqs, new_freqs = source.rotary.inv_freq, target.rotary.inv_freq
             try:
                 dim_map = rope_dim_map(freqs, new_freqs)
             except ValueError as err:
@@ -349,143 +291,18 @@ class DecoderLMGrower(Grower):
                     f"target (relative error up to {error:.3g}); keep head_dim, grow it by an integer factor, "
                     f"or pass approximate=True"
                 )
-            gain = (s.rotary.attention_scaling / t.rotary.attention_scaling) ** 2
-        gaps = torch.ones(new_hd, dtype=torch.bool)
-        gaps[dim_map] = False
-        new_kv = torch.nonzero(kv_src >= 0).flatten()
-        return _HeadPlan(
-            q_rows=head_dims(q_pos, dim_map, new_hd),
-            q_gaps=head_dims(q_pos, torch.nonzero(gaps).flatten(), new_hd),
-            kv_rows=head_dims(new_kv, dim_map, new_hd),
-            kv_src=head_dims(kv_src[new_kv], torch.arange(hd), hd),
-            gain=gain,
-        )
+            gain = (source.rotary.attention_scaling / target.rotary.attention_scaling) ** 2
+        try:
+            return head_plan(source.heads, target.heads, hd, new_hd, dim_map=dim_map, gain=gain)
+        except ValueError as err:
+            raise GrowthError(str(err)) from err
 
-    def _residual(self, rows: torch.Tensor, total: int, mean_fill: bool) -> torch.Tensor:
-        """``rows`` (d, ...) of a residual-stream writer extended to ``total``: mean rows (LayerNorm) or zeros (RMSNorm)."""
-        if mean_fill:
-            return mean_rows(rows, total)
-        return torch.cat([rows, rows.new_zeros(total - rows.shape[0], *rows.shape[1:])])
-
-    def _grow_exact(self, source: nn.Module, target: nn.Module) -> None:
-        gen = self._generator()
-        s, t = _roles(source), _roles(target)
-        sd, td = decoder_lm_dims(source), decoder_lm_dims(target)
-        d, big = sd["hidden_size"], td["hidden_size"]
-        plan = self._head_plan(s, t, sd, td)
-
-        for se, te in zip(s.embeds, t.embeds):  # rows past the source's positions are free
-            canvas = Canvas(te.weight)
-            canvas.put(slice(0, se.num_embeddings), self._residual(se.weight.T, big, t.mean_fill).T)
-            self._write(te.weight, canvas, gen)
-        for tb, idx in zip(t.blocks, exact_depth_map(sd["num_hidden_layers"], td["num_hidden_layers"])):
-            if idx is None:
-                self._identity_block(tb, gen)
-            else:
-                self._exact_block(s.blocks[idx], tb, plan, t, gen)
-        self._norm(s.norm, t.norm, t, gen)
-        if not t.tied:
-            vocab = torch.arange(sd["vocab_size"])
-            self._read(_linear(s.lm_head), _linear(t.lm_head), vocab, vocab, gen)
-        setattr(target.config, t.eps_key, getattr(source.config, s.eps_key) * d / big)
-
-    def _norm(self, src: nn.Module, tgt: nn.Module, roles: _Roles, gen: torch.Generator) -> None:
-        """Gamma scaled by sqrt(d/D) and eps by d/D on the old dims; new gammas are free, new betas 0."""
-        d, big = src.weight.shape[0], tgt.weight.shape[0]
-        gamma = Canvas(tgt.weight)
-        gamma.put(slice(0, d), src.weight * norm_scale(d, big))
-        self._write(tgt.weight, gamma, gen)
-        if getattr(tgt, "bias", None) is not None:
-            beta = Canvas(tgt.bias)
-            beta.put(slice(0, d), src.bias)
-            beta.put(slice(d, big), 0.0)
-            self._write(tgt.bias, beta, gen)
-        setattr(tgt, roles.eps_attr, getattr(src, roles.eps_attr) * d / big)
-
-    def _read(
-        self,
-        src: _Proj,
-        tgt: _Proj,
-        rows: torch.Tensor,
-        src_rows: torch.Tensor,
-        gen: torch.Generator,
-        scale: float = 1.0,
-        zero: torch.Tensor | None = None,
+    def finish_exact(
+        self, source: nn.Module, target: nn.Module, streams: Sequence[ResidualStream], writer: Writer
     ) -> None:
-        """A projection reading the residual stream: source ``src_rows`` go to ``rows`` on the old input columns.
-
-        Columns reading new residual dims and rows of new units are free;
-        ``zero`` rows are zeroed (Q dims that must not add to q.k).
-        """
-        weight = Canvas(tgt.weight)
-        weight.put((rows[:, None], torch.arange(src.weight.shape[1])[None, :]), src.weight[src_rows] * scale)
-        parts = [(tgt.weight, weight)]
-        if tgt.bias is not None:
-            bias = Canvas(tgt.bias)
-            bias.put(rows, src.bias[src_rows] * scale)
-            parts.append((tgt.bias, bias))
-        for param, canvas in parts:
-            if zero is not None:
-                canvas.put(zero, 0.0)
-            self._write(param, canvas, gen)
-
-    def _write_residual(self, src: _Proj, tgt: _Proj, cols: torch.Tensor, roles: _Roles, gen: torch.Generator) -> None:
-        """A residual writer: source columns go to ``cols``, every other column of the old rows is 0, new rows filled."""
-        big = tgt.weight.shape[0]
-        old = src.weight.new_zeros(src.weight.shape[0], tgt.weight.shape[1])
-        old[:, cols] = src.weight
-        weight = Canvas(tgt.weight)
-        weight.put(slice(None), self._residual(old, big, roles.mean_fill))
-        self._write(tgt.weight, weight, gen)
-        if tgt.bias is not None:
-            bias = Canvas(tgt.bias)
-            bias.put(slice(None), self._residual(src.bias, big, roles.mean_fill))
-            self._write(tgt.bias, bias, gen)
-
-    def _exact_block(self, sb: _Block, tb: _Block, plan: _HeadPlan, roles: _Roles, gen: torch.Generator) -> None:
-        self._norm(sb.attn_norm, tb.attn_norm, roles, gen)
-        self._norm(sb.mlp_norm, tb.mlp_norm, roles, gen)
-        # Q absorbs the change of softmax scale (head_dim, GPT-2's per-layer scaling, RoPE attention_scaling).
-        q_scale = sb.attn.scaling / tb.attn.scaling * plan.gain
-        self._read(sb.q, tb.q, plan.q_rows, torch.arange(sb.q.weight.shape[0]), gen, q_scale, plan.q_gaps)
-        self._read(sb.k, tb.k, plan.kv_rows, plan.kv_src, gen)
-        self._read(sb.v, tb.v, plan.kv_rows, plan.kv_src, gen)
-        self._write_residual(sb.o, tb.o, plan.q_rows, roles, gen)
-        units = torch.arange(sb.down.weight.shape[1])
-        for s_reader, t_reader in zip(sb.readers, tb.readers):
-            self._read(s_reader, t_reader, units, units, gen)
-        self._write_residual(sb.down, tb.down, units, roles, gen)
-
-    def _identity_block(self, tb: _Block, gen: torch.Generator) -> None:
-        """A new block whose residual branches output zero; every other entry is free."""
-        for param in tb.layer.parameters():
-            self._write(param, Canvas(param), gen)
-        for proj in (tb.o, tb.down):
-            proj.weight.zero_()
-            if proj.bias is not None:
-                proj.bias.zero_()
-
-    # -- compt -----------------------------------------------------------------
-    def _grow_compt(self, source: nn.Module, target: nn.Module) -> None:
-        """Leading-corner copy of every tensor (GPT-2's packed Q, K, V split first) and block duplication."""
-        gen = self._generator()
-        s, t = _roles(source), _roles(target)
-        in_blocks = {id(p) for p in t.layers.parameters()}
-        src = dict(source.named_parameters())
-        for name, param in target.named_parameters():
-            if id(param) not in in_blocks:
-                self._corner(param, src[name], gen)
-        depth_map = compt_depth_map if self.depth == "interleave" else stack_depth_map
-        for tb, idx in zip(t.blocks, depth_map(len(s.blocks), len(t.blocks))):
-            sb = s.blocks[idx]
-            packed = {id(p) for p in tb.packed.parameters()} if tb.packed is not None else set()
-            src_block = dict(sb.layer.named_parameters())
-            for name, param in tb.layer.named_parameters():
-                if id(param) in packed:  # Conv1D (in, 3D) weight and (3D,) bias: Q, K, V along the last axis
-                    for t_part, s_part in zip(param.chunk(3, dim=-1), src_block[name].chunk(3, dim=-1)):
-                        self._corner(t_part, s_part, gen)
-                else:
-                    self._corner(param, src_block[name], gen)
+        """The config's eps entry follows the norms'."""
+        key, (stream,) = _eps_key(source), streams
+        setattr(target.config, key, getattr(source.config, key) * stream.d / stream.big)
 
 
 def _mask_and_labels(batch: Mapping[str, torch.Tensor], input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

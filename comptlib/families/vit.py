@@ -11,15 +11,17 @@ zero output columns, and new blocks get zero residual writers.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
+from collections.abc import Sequence
 
-from comptlib.families.classification import evaluate_classifier
+import torch
+from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
+
+from comptlib.families.classification import classify, evaluate_classifier
+from comptlib.families.transformer import Block, Embedding, Roles, Stack, TransformerGrower
 from comptlib.family import Family, Outputs, register_family
-from comptlib.grower import Grower, GrowthError, require_growth
-from comptlib.ops import Canvas, compt_depth_map, exact_depth_map, head_dims, mean_rows, norm_scale
+from comptlib.grower import GrowthError, require_growth
+from comptlib.ops import HeadPlan, Proj, ResidualStream, Writer, corner
 from comptlib.transferer import FeatureMSE
 
 _GROW = ("hidden_dim", "num_heads", "mlp_dim", "num_layers")
@@ -69,19 +71,58 @@ def build_vit(
     )
 
 
-def _blocks(model: VisionTransformer) -> list[EncoderBlock]:
-    return list(model.encoder.layers)
+def _roles(model: VisionTransformer) -> Roles:
+    """A torchvision ViT as one mean-filled stack; Q, K and V are packed in ``in_proj_weight``."""
+    d, blocks = model.hidden_dim, []
+    for layer in model.encoder.layers:
+        attn = layer.self_attention
+        q, k, v = Proj.packed(attn.in_proj_weight, attn.in_proj_bias)
+        blocks.append(
+            Block(
+                layer=layer,
+                attn_norm=layer.ln_1,
+                q=q,
+                k=k,
+                v=v,
+                o=Proj.of(attn.out_proj),
+                mlp_norm=layer.ln_2,
+                readers=(Proj.of(layer.mlp[0]),),
+                down=Proj.of(layer.mlp[3]),
+                scaling=(d // attn.num_heads) ** -0.5,
+            )
+        )
+    conv = model.conv_proj
+    embeds = (conv.weight, conv.bias, model.class_token.movedim(-1, 0), model.encoder.pos_embedding.movedim(-1, 0))
+    heads = model.encoder.layers[0].self_attention.num_heads
+    return Roles(
+        stacks=(
+            Stack(
+                width=d,
+                heads=(heads, heads),
+                head_dim=d // heads,
+                embeds=tuple(Embedding(e) for e in embeds),
+                blocks=tuple(blocks),
+                norm=model.encoder.ln,
+                head=Proj.of(_head_layers(model)[0]),
+            ),
+        ),
+        packed=lambda name: 0 if name.endswith(("in_proj_weight", "in_proj_bias")) else None,
+    )
 
 
-class ViTGrower(Grower):
+def _head_layers(model: VisionTransformer) -> list[nn.Linear]:
+    return [m for m in model.heads if isinstance(m, nn.Linear)]
+
+
+class ViTGrower(TransformerGrower):
     """Grows a torchvision ``VisionTransformer`` in width, heads, MLP size and depth."""
 
+    def roles(self, model: nn.Module) -> Roles:
+        return _roles(model)
+
     def validate(self, source: nn.Module, target: nn.Module) -> None:
+        self.require_type(source, target, VisionTransformer, "torchvision")
         for role, model in (("source", source), ("target", target)):
-            if not isinstance(model, VisionTransformer):
-                raise TypeError(
-                    f"ViTGrower needs torchvision VisionTransformer models, the {role} is {type(model).__name__}"
-                )
             if not isinstance(model.conv_proj, nn.Conv2d):
                 raise GrowthError(f"conv_stem: the {role} uses a convolutional stem, which ViTGrower does not grow")
         s, t = vit_dims(source), vit_dims(target)
@@ -93,148 +134,23 @@ class ViTGrower(Grower):
                 f"use at most {t['hidden_dim'] // s['head_dim']} heads or method='compt'"
             )
 
-    @torch.no_grad()
-    def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
-        self.validate(source, target)
-        if self.exact:
-            self._grow_exact(source, target)
-        else:
-            self._grow_compt(source, target)
-        return target
-
     def feature_map(self, source: nn.Module, target: nn.Module) -> torch.Tensor | None:
         if not self.exact:
             return None
         d, big = source.hidden_dim, target.hidden_dim
         return torch.eye(big, d)
 
-    # -- exact -----------------------------------------------------------------
-    def _grow_exact(self, source: VisionTransformer, target: VisionTransformer) -> None:
-        gen = self._generator()
-        d, big = source.hidden_dim, target.hidden_dim
+    def q_scale(self, source: Block, target: Block, plan: HeadPlan) -> float:
+        """``sqrt(new_head_dim / head_dim)``: the same value as the default's ratio of scales, to within rounding."""
+        return (plan.new_head_dim / plan.head_dim) ** 0.5
 
-        def writer_rows(param: torch.Tensor, rows: torch.Tensor) -> None:
-            canvas = Canvas(param)
-            canvas.put(slice(None), mean_rows(rows, big))
-            self._write(param, canvas, gen)
-
-        def last_axis(x: torch.Tensor) -> torch.Tensor:
-            return x.movedim(-1, 0)
-
-        writer_rows(target.conv_proj.weight, source.conv_proj.weight)
-        writer_rows(target.conv_proj.bias, source.conv_proj.bias)
-        writer_rows(last_axis(target.class_token), last_axis(source.class_token))
-        writer_rows(last_axis(target.encoder.pos_embedding), last_axis(source.encoder.pos_embedding))
-
-        depth = exact_depth_map(len(source.encoder.layers), len(target.encoder.layers))
-        src_blocks, tgt_blocks = _blocks(source), _blocks(target)
-        for tb, idx in zip(tgt_blocks, depth):
-            if idx is None:
-                self._identity_block(tb, gen)
-            else:
-                self._exact_block(src_blocks[idx], tb, d, big, gen)
-        self._exact_norm(source.encoder.ln, target.encoder.ln, gen)
-        self._exact_heads(source, target, gen)
-
-    def _exact_norm(self, src: nn.LayerNorm, tgt: nn.LayerNorm, gen: torch.Generator) -> None:
-        d, big = src.normalized_shape[0], tgt.normalized_shape[0]
-        gamma, beta = Canvas(tgt.weight), Canvas(tgt.bias)
-        gamma.put(slice(0, d), src.weight * norm_scale(d, big))
-        beta.put(slice(0, d), src.bias)
-        beta.put(slice(d, big), 0.0)
-        self._write(tgt.weight, gamma, gen)
-        self._write(tgt.bias, beta, gen)
-        tgt.eps = src.eps * d / big
-
-    def _identity_block(self, tb: EncoderBlock, gen: torch.Generator) -> None:
-        """A new block whose residual branches output zero: attention and MLP writers are zeroed."""
-        writers = {id(p) for layer in (tb.self_attention.out_proj, tb.mlp[3]) for p in layer.parameters()}
-        for param in tb.parameters():
-            canvas = Canvas(param)
-            if id(param) in writers:
-                canvas.put(slice(None), 0.0)
-            self._write(param, canvas, gen)  # every other entry is free: noise may go there
-
-    def _exact_block(self, sb: EncoderBlock, tb: EncoderBlock, d: int, big: int, gen: torch.Generator) -> None:
-        sa, ta = sb.self_attention, tb.self_attention
-        h, heads = sa.num_heads, ta.num_heads
-        hd, new_hd = d // h, big // heads
-        placed = head_dims(torch.arange(h), torch.arange(hd), new_hd)
-        gaps = head_dims(torch.arange(h), torch.arange(hd, new_hd), new_hd)
-        unplaced = torch.ones(big, dtype=torch.bool)
-        unplaced[placed] = False
-
-        self._exact_norm(sb.ln_1, tb.ln_1, gen)
-        self._exact_norm(sb.ln_2, tb.ln_2, gen)
-
-        # Q, K, V are packed in one tensor: place each part (a view) per head.
-        q_scale = (new_hd / hd) ** 0.5
-        parts = zip(
-            sa.in_proj_weight.chunk(3), sa.in_proj_bias.chunk(3), ta.in_proj_weight.chunk(3), ta.in_proj_bias.chunk(3)
-        )
-        for i, (ws, bs, wt, bt) in enumerate(parts):
-            scale = q_scale if i == 0 else 1.0
-            w, b = Canvas(wt), Canvas(bt)
-            w.put((placed[:, None], torch.arange(d)[None, :]), ws * scale)
-            b.put(placed, bs * scale)
-            if i == 0 and len(gaps):  # new dims of old heads must not add to q.k
-                w.put(gaps, 0.0)
-                b.put(gaps, 0.0)
-            self._write(wt, w, gen)
-            self._write(bt, b, gen)
-
-        w, b = Canvas(ta.out_proj.weight), Canvas(ta.out_proj.bias)
-        w.put((torch.arange(d)[:, None], placed[None, :]), sa.out_proj.weight)
-        w.put((slice(0, d), unplaced), 0.0)
-        w.put(slice(d, big), w.data[:d].mean(0))
-        b.put(slice(None), mean_rows(sa.out_proj.bias, big))
-        self._write(ta.out_proj.weight, w, gen)
-        self._write(ta.out_proj.bias, b, gen)
-
-        fc1_s, fc2_s, fc1_t, fc2_t = sb.mlp[0], sb.mlp[3], tb.mlp[0], tb.mlp[3]
-        m = fc1_s.out_features
-        w, b = Canvas(fc1_t.weight), Canvas(fc1_t.bias)
-        w.put((slice(0, m), slice(0, d)), fc1_s.weight)
-        b.put(slice(0, m), fc1_s.bias)
-        self._write(fc1_t.weight, w, gen)
-        self._write(fc1_t.bias, b, gen)
-        w, b = Canvas(fc2_t.weight), Canvas(fc2_t.bias)
-        w.put((slice(0, d), slice(0, m)), fc2_s.weight)
-        w.put((slice(0, d), slice(m, None)), 0.0)
-        w.put(slice(d, big), w.data[:d].mean(0))
-        b.put(slice(None), mean_rows(fc2_s.bias, big))
-        self._write(fc2_t.weight, w, gen)
-        self._write(fc2_t.bias, b, gen)
-
-    def _exact_heads(self, source: VisionTransformer, target: VisionTransformer, gen: torch.Generator) -> None:
-        """The first head layer reads the residual stream (old columns copied); later ones keep their size."""
-        src_layers = [m for m in source.heads if isinstance(m, nn.Linear)]
-        tgt_layers = [m for m in target.heads if isinstance(m, nn.Linear)]
-        for i, (s_layer, t_layer) in enumerate(zip(src_layers, tgt_layers)):
-            w, b = Canvas(t_layer.weight), Canvas(t_layer.bias)
-            w.put((slice(None), slice(0, s_layer.in_features)) if i == 0 else slice(None), s_layer.weight)
-            b.put(slice(None), s_layer.bias)
-            self._write(t_layer.weight, w, gen)
-            self._write(t_layer.bias, b, gen)
-
-    # -- compt -----------------------------------------------------------------
-    def _grow_compt(self, source: VisionTransformer, target: VisionTransformer) -> None:
-        """Leading-corner copy of every tensor (Q, K, V split first) and block duplication."""
-        gen = self._generator()
-        depth = compt_depth_map(len(source.encoder.layers), len(target.encoder.layers))
-        src = dict(source.named_parameters())
-        for name, param in target.named_parameters():
-            src_name = name
-            if name.startswith("encoder.layers.encoder_layer_"):
-                rest = name.removeprefix("encoder.layers.encoder_layer_")
-                j, tail = rest.split(".", 1)
-                src_name = f"encoder.layers.encoder_layer_{depth[int(j)]}.{tail}"
-            value = src[src_name]
-            if name.endswith(("in_proj_weight", "in_proj_bias")):  # split Q, K, V: never copy K into Q
-                for t_part, s_part in zip(param.chunk(3), value.chunk(3)):
-                    self._corner(t_part, s_part, gen)
-            else:
-                self._corner(param, value, gen)
+    def finish_exact(
+        self, source: nn.Module, target: nn.Module, streams: Sequence[ResidualStream], writer: Writer
+    ) -> None:
+        """Head layers after the first (``representation_size``) keep their size: copied whole."""
+        for s_layer, t_layer in zip(_head_layers(source)[1:], _head_layers(target)[1:]):
+            corner(t_layer.weight, s_layer.weight, writer)
+            corner(t_layer.bias, s_layer.bias, writer)
 
 
 def vit_forward(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> Outputs:
@@ -242,9 +158,7 @@ def vit_forward(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> O
     images, labels = batch
     x = model._process_input(images)
     x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)
-    features = model.encoder(x)[:, 0]
-    logits = model.heads(features)
-    return Outputs(loss=F.cross_entropy(logits, labels), logits=logits, features=features)
+    return classify(model.encoder(x)[:, 0], model.heads, labels)
 
 
 VIT = register_family(

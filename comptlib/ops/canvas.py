@@ -1,9 +1,10 @@
-"""A target tensor being written, with a record of which entries were written."""
+"""A target tensor being written, with a record of which entries were written, and its writer."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+import attrs
 import torch
 
 
@@ -37,3 +38,21 @@ class Canvas:
         scale = self.data.float().std().item() if self.data.numel() > 1 else 1.0
         eps = torch.randn(self.data.shape, generator=gen, dtype=torch.float32) * (noise * (scale or 1.0))
         return torch.where(mask, self.data + eps.to(self.data), self.data)
+
+
+@attrs.frozen
+class Writer:
+    """Copies finished canvases into parameters, with a grower's noise where its method allows.
+
+    ``where`` is ``"free"`` for function-preserving growth (noise only on
+    entries the function does not depend on) or ``"written"`` for a warm
+    start (noise on the copied entries); see :meth:`Canvas.finish`.
+    """
+
+    noise: float
+    where: Literal["free", "written"]
+    gen: torch.Generator
+
+    def __call__(self, param: torch.Tensor, canvas: Canvas) -> None:
+        """Copy ``canvas`` into ``param`` (or a view of it)."""
+        param.copy_(canvas.finish(self.noise, self.where, self.gen))

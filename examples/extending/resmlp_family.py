@@ -35,9 +35,17 @@ from torch import nn
 from comptlib import Chain, Family, Grower, GrowthError, Outputs, Transferer, register_family
 from comptlib.data import digits_loaders
 from comptlib.families.classification import evaluate_classifier
-from comptlib.ops import Canvas, compt_depth_map, exact_depth_map, norm_scale
-
-Index = tuple[slice, ...]
+from comptlib.ops import (
+    Proj,
+    ResidualStream,
+    compt_copy,
+    compt_depth_map,
+    exact_depth_map,
+    grow_norm,
+    grow_reader,
+    grow_writer,
+    identity_block,
+)
 
 
 # -- the architecture: plain PyTorch ------------------------------------------------
@@ -112,56 +120,28 @@ class ResMLPGrower(Grower):
             self._grow_compt(source, target)
         return target
 
-    def _put(self, target: torch.Tensor, source: torch.Tensor | None, gen: torch.Generator, *zeros: Index) -> None:
-        """``source`` into the leading corner, then zeros at each of ``zeros``; the rest keeps the target's init.
-
-        ``_write`` adds the grower's ``noise`` only to entries left at their
-        init, which the function does not depend on.
-        """
-        canvas = Canvas(target)
-        if source is not None:
-            canvas.put(tuple(slice(0, n) for n in source.shape), source)
-        for index in zeros:
-            canvas.put(index, 0.0)
-        self._write(target, canvas, gen)
-
-    def _norm(self, src: nn.RMSNorm, tgt: nn.RMSNorm, gen: torch.Generator) -> None:
-        d, big = src.weight.numel(), tgt.weight.numel()
-        self._put(tgt.weight, src.weight * norm_scale(d, big), gen)
-        tgt.eps = src.eps * d / big
-
     def _grow_exact(self, source: ResMLP, target: ResMLP) -> None:
-        gen, d = self._generator(), resmlp_dims(source)["width"]
-        new_dims = (slice(d, None),)  # rows of the residual stream's new dims
-        self._put(target.embed.weight, source.embed.weight, gen, new_dims)  # new dims start at 0
-        self._put(target.embed.bias, source.embed.bias, gen, new_dims)
+        writer = self.writer()  # writes each canvas, with the grower's noise only where the function allows
+        stream = ResidualStream(resmlp_dims(source)["width"], resmlp_dims(target)["width"], "zero")
+        inputs = torch.arange(source.embed.in_features)
+        grow_writer(Proj.of(source.embed), Proj.of(target.embed), inputs, stream, writer)  # new dims start at 0
         for j, i in enumerate(exact_depth_map(len(source.blocks), len(target.blocks))):
             tb = target.blocks[j]
             if i is None:  # a new block: its residual branch writes nothing, so it is the identity
-                self._put(tb.fc2.weight, None, gen, (slice(None),))
-                self._put(tb.fc2.bias, None, gen, (slice(None),))
+                identity_block(tb.parameters(), (tb.fc2.weight, tb.fc2.bias), writer)
                 continue
             sb = source.blocks[i]
-            self._norm(sb.norm, tb.norm, gen)
-            self._put(tb.fc1.weight, sb.fc1.weight, gen)  # new units read the old dims through their init
-            self._put(tb.fc1.bias, sb.fc1.bias, gen)
-            new_units = (slice(None), slice(sb.fc1.out_features, None))
-            self._put(tb.fc2.weight, sb.fc2.weight, gen, new_units, new_dims)  # new units and dims: no writes
-            self._put(tb.fc2.bias, sb.fc2.bias, gen, new_dims)
-        self._norm(source.norm, target.norm, gen)
-        self._put(target.head.weight, source.head.weight, gen)  # new columns read zeros
-        self._put(target.head.bias, source.head.bias, gen)
+            grow_norm(sb.norm, tb.norm, stream, writer)  # gamma * sqrt(d/D), eps * d/D
+            grow_reader(Proj.of(sb.fc1), Proj.of(tb.fc1), stream, writer)  # new units read through their init
+            units = torch.arange(sb.fc1.out_features)
+            grow_writer(Proj.of(sb.fc2), Proj.of(tb.fc2), units, stream, writer)  # new units and dims: no writes
+        grow_norm(source.norm, target.norm, stream, writer)
+        grow_reader(Proj.of(source.head), Proj.of(target.head), stream, writer)  # new columns read zeros
 
     def _grow_compt(self, source: ResMLP, target: ResMLP) -> None:
         """The paper's warm start: leading-corner copy of every tensor, blocks duplicated (l -> 2l, 2l+1)."""
-        gen = self._generator()
         depth = compt_depth_map(len(source.blocks), len(target.blocks))
-        src = dict(source.named_parameters())
-        for name, param in target.named_parameters():
-            if name.startswith("blocks."):
-                j, tail = name.removeprefix("blocks.").split(".", 1)
-                name = f"blocks.{depth[int(j)]}.{tail}"
-            self._corner(param, src[name], gen)
+        compt_copy(source, target, [(source.blocks, target.blocks, depth)], self.writer())
 
 
 # -- the objective, and a transferer ----------------------------------------------------
