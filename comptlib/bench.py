@@ -126,19 +126,17 @@ def curves(chain: Chain, alone: Sequence[Chain]) -> dict[str, list[tuple[float, 
     return out
 
 
-def plot(chain: Chain, alone: Sequence[Chain], path: str | Path) -> Path | None:
-    """Draw :func:`curves` to a PNG; returns the path, or None without matplotlib (the ``plot`` extra).
+def plot(chain: Chain, alone: Sequence[Chain], path: str | Path) -> Path:
+    """Draw :func:`curves` to a PNG; returns its path.
 
     With no ``alone`` runs it draws the chain alone (``comptlib grow``'s report).
     """
-    try:
-        import matplotlib
-        import matplotlib.ticker
+    import matplotlib
+    import matplotlib.ticker
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from comptlib.io import atomic_write
 
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -19,6 +19,7 @@ import typer
 from comptlib.config import ConfigError, RunConfig
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads sleep, not spin, on shared cores
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Writing model shards" bars on every save
 
 app = typer.Typer(
     name="comptlib",
@@ -300,7 +301,10 @@ def plan(config: ConfigOpt = None, flags: dict[str, Any] | None = None, debug: D
 
 @app.command()
 @_friendly
-@settings("family", "sizes", "budgets", "unit", "method", "data", "batch_size", "seed", "eval_every", eval_every=20)
+@settings(
+    "family", "sizes", "budgets", "unit", "method", "transfer", "lr", "data", "batch_size", "seed", "device",
+    "precision", "eval_every", eval_every=20,
+)  # fmt: skip
 def bench(
     config: ConfigOpt = None,
     flags: dict[str, Any] | None = None,
@@ -310,8 +314,8 @@ def bench(
 ) -> None:
     """Train the family both ways, as a chain and each model alone, and compare them side by side.
 
-    Writes bench.json and, with matplotlib installed (the plot extra), bench.png: the validation
-    metric against cumulative training FLOPs. Examples:
+    Writes bench.json and bench.png: the validation metric against cumulative training FLOPs.
+    Examples:
 
         comptlib bench
 
@@ -326,11 +330,10 @@ def bench(
     shared = {k: chain.get_params()[k] for k in ("unit", "optim", "runtime", "seed", "progress", "eval_every")}
     alone = fit_alone(chain.models, train, val, budget=cfg.budgets[0], names=chain.names, **shared)
     result = compare(chain, alone)
-    write_json(out / "bench.json", {"config": cfg.to_dict(), "data": cfg.recipe.data, **result})
+    write_json(out / "bench.json", {"config": cfg.to_dict(), "data": cfg.data or cfg.recipe.data, **result})
     picture = plot(chain, alone, out / "bench.png")
     typer.echo(format_table(result))
-    where = f"{out / 'bench.json'}" + (f" and {picture}" if picture else " (pip install matplotlib for bench.png)")
-    typer.echo(f"Wrote {where}")
+    typer.echo(f"Wrote {out / 'bench.json'} and {picture}")
 
 
 @app.command()
@@ -462,7 +465,7 @@ def _print_plan(projected: dict[str, Any], cfg) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{cfg.family} chain plan ({cfg.recipe.data}, batch {cfg.batch_size})")
+    table = Table(title=f"{cfg.family} chain plan ({cfg.data or cfg.recipe.data}, batch {cfg.batch_size})")
     for col in ("model", "params", "train FLOPs/sample", "teacher FLOPs/sample", "steps", "stage FLOPs"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for row in projected["models"]:
@@ -498,7 +501,7 @@ def _print_check(source: dict[str, int], target: dict[str, int], report) -> None
     console.print(f"max |diff| {report.max_abs:.3g}, relative {report.max_rel:.3g}: {verdict}")
 
 
-def _write_markdown(path: Path, report: dict[str, Any], data: str, picture: Path | None) -> None:
+def _write_markdown(path: Path, report: dict[str, Any], data: str, picture: Path) -> None:
     from comptlib.io import atomic_write
 
     metric = report["metric"]
@@ -519,6 +522,5 @@ def _write_markdown(path: Path, report: dict[str, Any], data: str, picture: Path
         f"{report['independent_flops']:.3g}. **Acceleration ratio {report['acceleration_ratio']:.2f}x.**",
         "",
     ]
-    if picture is not None:
-        lines += [f"![validation {metric} against cumulative training FLOPs]({picture.name})", ""]
+    lines += [f"![validation {metric} against cumulative training FLOPs]({picture.name})", ""]
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))

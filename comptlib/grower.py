@@ -72,7 +72,8 @@ class GrowthCheck:
 
     def __str__(self) -> str:
         kind = "exact" if self.exact else "approximate"
-        return f"{self.method} ({kind}): max |diff| {self.max_abs:.3g}, relative {self.max_rel:.3g}"
+        name = self.method if self.method == kind else f"{self.method} ({kind})"
+        return f"{name}: max |diff| {self.max_abs:.3g}, relative {self.max_rel:.3g}"
 
 
 def _primary_output(out: Any) -> torch.Tensor:
