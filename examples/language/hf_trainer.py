@@ -11,10 +11,17 @@
    shorter budget (56 steps against 300).
 
 Everything runs offline (``report_to=[]``, a temporary output folder). Run
-``python examples/language/hf_trainer.py`` (about a minute on 2 CPU cores);
-``--smoke`` checks it in seconds. Measured on 2 shared CPU cores on 2026-12-01::
+``python examples/language/hf_trainer.py`` (a few minutes on 2 shared CPU
+cores); ``--smoke`` checks it in seconds. Measured on 2 shared CPU cores on
+2026-12-01 (the Trainer's own log lines left out)::
 
-    MEASURED
+    Trainer, llama-32x2, 300 steps: 3.314 bits/byte held out
+    comptlib.grow -> llama-64x3 (exact): 3.314 bits/byte held out
+    DistillationTrainer, LogitKL(weight=1.0, schedule='linear', decay_steps=None, temperature=1.0) from llama-32x2, 56 steps: 3.221 bits/byte held out (train loss 2.151, transfer loss 0.0381 -> 0.0046)
+
+The grown model starts at its source's bits per byte and improves on them in
+56 steps; the KL to the source, 0 right after exact growth, stays small as
+its weight decays.
 """
 
 from __future__ import annotations
