@@ -7,6 +7,7 @@ and layers for transformers, base channels and blocks per stage for ConvNets).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,7 @@ class Recipe:
     user_data: str | None = None  # what --data may point at: "images" (an image folder) or "text"
     image_size: int = 0
     presets: dict[str, dict[str, int]] = attrs.field(factory=dict)  # named sizes: keyword arguments of build
+    tokenizer: Any = None  # language recipes: a Hugging Face tokenizer instead of bytes (see with_bpe)
 
     def size(self, text: str) -> dict[str, int]:
         """Keyword arguments of ``build`` for a size: a preset name or ``WIDTHxDEPTH``."""
@@ -72,6 +74,10 @@ class Recipe:
         if self.user_data == "images":
             train, val, classes = data.image_folder_loaders(path, self.image_size, batch_size, seed=seed)
             return train, val, {"num_classes": classes}
+        if self.user_data == "text" and self.tokenizer is not None:
+            from comptlib.text import lm_loaders
+
+            return (*lm_loaders(path, self.tokenizer, batch_size=batch_size, seed=seed), {})
         if self.user_data == "text":
             return (*data.text_loaders(batch_size, seed=seed, source=path), {})
         raise ValueError(f"data: the {self.family} recipe reads only its built-in data ({self.data})")
@@ -111,13 +117,13 @@ def _convnext(width: int, depth: int, num_classes: int = 10) -> nn.Module:
     return convnext([width, 2 * width, 4 * width], [depth, depth, 3 * depth], num_classes=num_classes)
 
 
-def _lm(builder: str) -> Callable[[int, int], nn.Module]:
-    def build(width: int, depth: int) -> nn.Module:
+def _lm(builder: str) -> Callable[..., nn.Module]:
+    def build(width: int, depth: int, vocab_size: int = 256) -> nn.Module:
         from comptlib.families import decoder_lm
 
         if width % 16:
             raise ValueError(f"{builder} width {width} must be a multiple of 16 (head_dim 16)")
-        return getattr(decoder_lm, f"build_{builder}")(width, depth)
+        return getattr(decoder_lm, f"build_{builder}")(width, depth, vocab_size=vocab_size)
 
     return build
 
@@ -250,3 +256,30 @@ RECIPES: dict[str, Recipe] = {
     "gpt2": Recipe("decoder_lm", ("32x2", "64x3", "128x4"), build=_lm("gpt2"), data=_LM_DATA, **_LM),
 }
 """Recipes by CLI name; the budgets keep the paper's 128:24:16 proportions."""
+
+
+def with_bpe(recipe: Recipe, vocab_size: int = 4096, *, max_bytes: int | None = None) -> Recipe:
+    """A language recipe on a byte-level BPE trained on its stdlib corpus, beside the byte-level default.
+
+    The tokenizer is trained once on the first ``max_bytes`` of stdlib
+    source (default: the recipe's 2,000,000) and cached, as are the tokenized
+    documents; models get its vocabulary, and bits per byte stays comparable
+    with the byte-level recipe's (the same text, held out the same way).
+    """
+    from comptlib import data, text
+
+    if recipe.user_data != "text":
+        raise ValueError(f"with_bpe: the {recipe.family} recipe is not a language recipe")
+    max_bytes = max_bytes or data.DEFAULT_TEXT_BYTES
+    tokenizer = text.stdlib_bpe(vocab_size, max_bytes=max_bytes)
+
+    def loaders(batch_size: int, seed: int) -> Loaders:
+        return text.lm_loaders("stdlib", tokenizer, batch_size=batch_size, max_bytes=max_bytes, seed=seed)
+
+    return attrs.evolve(
+        recipe,
+        build=functools.partial(recipe.build, vocab_size=len(tokenizer)),
+        loaders=loaders,
+        data=f"CPython standard library source, byte-level BPE of {len(tokenizer):,} tokens",
+        tokenizer=tokenizer,
+    )

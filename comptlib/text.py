@@ -91,6 +91,15 @@ def train_tokenizer(
     return tokenizer
 
 
+def stdlib_bpe(vocab_size: int, *, max_bytes: int | None = None) -> Any:
+    """:func:`train_tokenizer` on stdlib source, trained once per corpus and size, then loaded from the cache."""
+    key = data_fingerprint("stdlib", vocab_size=vocab_size, max_bytes=max_bytes)
+    folder = cache_dir().parent / "tokenizers" / f"stdlib-bpe-{vocab_size}-{key}"
+    if (folder / "tokenizer.json").exists():
+        return load_tokenizer(folder)
+    return train_tokenizer("stdlib", vocab_size, folder, max_bytes=max_bytes)
+
+
 def _is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in ("dataset_dict.json", "state.json"))
 

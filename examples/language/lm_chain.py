@@ -16,7 +16,11 @@ wall time and the chain's acceleration ratio.
 
 Run ``python examples/language/lm_chain.py --family llama`` (or ``gpt2``,
 ``qwen2``; under 10 minutes on 2 cores); ``--smoke`` checks the script end to
-end in seconds.
+end in seconds. ``--tokenizer bpe`` (``--vocab-size``, default 4,096) trains
+the same ladder on a byte-level BPE trained on the same stdlib text
+(:func:`comptlib.recipes.with_bpe`, cached after the first run): each window
+then covers about three times as many bytes, and bits per byte compare the
+two tokenizers.
 
 Measured on 2 CPU cores on 2026-11-27 with the default Chain settings (cores
 shared with other jobs, load average 3-5, so wall times are approximate):
@@ -64,7 +68,7 @@ from _compare import recipe_main
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    recipe_main(__doc__.splitlines()[0], ("llama", "gpt2", "qwen2"), argv)
+    recipe_main(__doc__.splitlines()[0], ("llama", "gpt2", "qwen2"), argv, text=True)
 
 
 if __name__ == "__main__":
