@@ -13,7 +13,8 @@ This module is the other path, for any Hugging Face tokenizer:
   per byte stays comparable across tokenizers) and a ``.json`` of metadata;
 * :func:`lm_loaders` tokenizes once into a cache keyed by a fingerprint of the
   data and the tokenizer, then reads fixed-length windows by offset with
-  ``np.memmap``, so a corpus larger than memory trains with constant memory.
+  ``np.memmap`` maps that live for a few hundred windows, so a corpus larger than
+  memory trains with constant memory.
 """
 
 from __future__ import annotations
@@ -243,20 +244,20 @@ class TokenFile:
         fields = json.loads(meta.read_text())
         return cls(path, **{f.name: fields[f.name] for f in attrs.fields(cls) if f.name != "path"})
 
-    def _read(self, file: Path, dtype: str, start: int, stop: int) -> np.ndarray:
-        itemsize = np.dtype(dtype).itemsize
-        if stop <= start:
-            return np.zeros(0, dtype=dtype)
-        # a fresh map per read: pages touched once are not kept mapped, so resident memory stays flat
-        return np.array(np.memmap(file, dtype=dtype, mode="r", offset=start * itemsize, shape=(stop - start,)))
+    def maps(self) -> tuple[np.memmap, np.memmap]:
+        """The token ids and byte counts, mapped (read-only) but not read."""
+        return (
+            np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,)),
+            np.memmap(f"{self.path}.bytes", dtype=np.uint8, mode="r", shape=(self.num_tokens,)),
+        )
 
     def tokens(self, start: int, stop: int) -> np.ndarray:
-        """Token ids ``start:stop``."""
-        return self._read(self.path, self.dtype, start, stop)
+        """Token ids ``start:stop``, copied out of a map that is dropped right after."""
+        return np.array(self.maps()[0][start:stop])
 
     def byte_counts(self, start: int, stop: int) -> np.ndarray:
         """The UTF-8 bytes each of the tokens ``start:stop`` covers (0 for EOS)."""
-        return self._read(Path(f"{self.path}.bytes"), "uint8", start, stop)
+        return np.array(self.maps()[1][start:stop])
 
 
 def write_tokens(
@@ -318,8 +319,14 @@ class TokenWindows(Dataset):
     With ``pad_tail`` a partial last window is right-padded and masked.
     """
 
+    remap_every = 256
+    """Windows read through one pair of maps before they are dropped: a page read stays resident
+    (and counted in the process's memory) while its map lives, so maps are short-lived."""
+
     def __init__(self, file: TokenFile, seq_len: int, start: int = 0, stop: int | None = None, *, pad_tail: bool = False):
         self.file, self.seq_len, self.start = file, seq_len, start
+        self._maps: tuple[np.memmap, np.memmap] | None = None
+        self._reads = 0
         self.stop = file.num_tokens if stop is None else stop
         span = self.stop - start
         self.rows = max(span // seq_len, 0)
@@ -329,6 +336,16 @@ class TokenWindows(Dataset):
     def __len__(self) -> int:
         return self.rows
 
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_maps": None}  # a worker process maps the file itself, never gets a copy
+
+    def _read(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._maps is None or self._reads == self.remap_every:
+            self._maps, self._reads = self.file.maps(), 0
+        self._reads += 1
+        ids, counts = self._maps
+        return np.array(ids[first:last]), np.array(counts[first + 1 : last])
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.rows:
             raise IndexError(f"window {index} of {self.rows}")
@@ -336,9 +353,10 @@ class TokenWindows(Dataset):
         last = min(first + self.seq_len, self.stop)
         input_ids = torch.zeros(self.seq_len, dtype=torch.long)
         mask = torch.zeros(self.seq_len, dtype=torch.long)
-        input_ids[: last - first] = torch.from_numpy(self.file.tokens(first, last).astype(np.int64))
+        ids, counts = self._read(first, last)
+        input_ids[: last - first] = torch.from_numpy(ids.astype(np.int64))
         mask[: last - first] = 1
-        num_bytes = int(self.file.byte_counts(first + 1, last).sum(dtype=np.int64))
+        num_bytes = int(counts.sum(dtype=np.int64))
         return {"input_ids": input_ids, "attention_mask": mask, "num_bytes": torch.tensor(num_bytes)}
 
 

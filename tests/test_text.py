@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,6 +131,10 @@ def test_token_windows_read_a_large_generated_file_by_offset(tmp_path):
         row = windows[index]
         assert row["input_ids"].tolist() == (np.arange(index * seq, (index + 1) * seq) % 70_000).tolist()
         assert row["num_bytes"].item() == seq - 1 and bool(row["attention_mask"].all())
+    windows.remap_every = 3  # short-lived maps give the same rows; a pickled copy (a worker's) maps the file anew
+    assert all(windows[i]["input_ids"].tolist() == (np.arange(i * seq, (i + 1) * seq) % 70_000).tolist() for i in range(8))
+    copy = pickle.loads(pickle.dumps(windows))
+    assert copy._maps is None and torch.equal(copy[7]["input_ids"], windows[7]["input_ids"])
     tail = text.TokenWindows(file, seq, n - 150, pad_tail=True)
     assert len(tail) == 2 and tail[1]["attention_mask"].sum() == 50 and tail[1]["num_bytes"].item() == 49
     with pytest.raises(IndexError):
