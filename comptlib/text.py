@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from comptlib.data import _text_files
+from comptlib.data import _text_files, check_split, window_loaders
 
 EOS = "<|endoftext|>"
 """The separator (and only special token) of tokenizers trained by :func:`train_tokenizer`."""
@@ -412,10 +412,7 @@ def lm_loaders(
     the last ``val_fraction`` of the token stream, which no training window
     overlaps. Models need ``vocab_size=len(tokenizer)``.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2 (a window predicts all its tokens but the first), got {seq_len}")
+    check_split(val_fraction, seq_len)
     options = {"text_column": text_column, "max_bytes": max_bytes, "cache": cache}
     file = tokenized(source, tokenizer, **options)
     if val_source is None:
@@ -426,13 +423,5 @@ def lm_loaders(
         split_name = "validation" if _is_saved_dataset(Path(val_source)) else "train"
         train = TokenWindows(file, seq_len)
         val = TokenWindows(tokenized(val_source, tokenizer, split=split_name, **options), seq_len, pad_tail=True)
-    if len(train) < batch_size or len(val) == 0:
-        raise ValueError(
-            f"{file.num_tokens:,} tokens give {len(train)} training and {len(val)} held-out windows of {seq_len}: "
-            f"need at least batch_size={batch_size} and 1; use more data or a shorter seq_len"
-        )
-    gen = torch.Generator().manual_seed(seed)
-    return (
-        DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen),
-        DataLoader(val, batch_size=batch_size),
-    )
+    corpus = f"{file.num_tokens:,} tokens in windows of {seq_len}"
+    return window_loaders(train, val, batch_size, seed, corpus, "use more data or a shorter seq_len")
