@@ -17,7 +17,15 @@ folder, then, each in a fresh process, draws ``--batches`` shuffled batches of
   a tensor.
 
 It prints each side's peak resident memory (``ru_maxrss``) above the process
-after its imports, and the time per batch.
+after its imports, and the time per batch. Measured on 2 shared CPU cores on
+2026-12-02::
+
+    token file: 150,000,000 uint16 tokens, 286 MB (+ 143 MB of byte counts)
+    loader       peak RSS above imports    setup  per batch
+    memmap                        90 MB     0.0s     7.25ms
+    memory                     3,471 MB     9.0s     1.22ms
+
+``docs/how-to/own-data.md`` reads the result.
 """
 
 from __future__ import annotations
