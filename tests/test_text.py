@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -168,11 +169,15 @@ def test_lm_loaders_split_cache_and_bits_per_byte(bpe, corpus, tmp_path, monkeyp
     scores = evaluate_lm(build_llama(32, 1, vocab_size=len(tokenizer)), val, CPU)
     assert scores["bits_per_byte"] == pytest.approx(scores["bits_per_token"] * int(val_mask.sum() - len(val_mask)) / predicted_bytes)
 
-    # tokenized once: an unchanged corpus and tokenizer read the cache, a changed corpus is tokenized again
+    # tokenized once: an unchanged corpus and tokenizer read the cache, a changed tokenizer or corpus is tokenized again
     monkeypatch.setattr(text, "write_tokens", lambda *a, **k: pytest.fail("tokenized twice"))
     again, _ = text.lm_loaders(corpus, tokenizer, batch_size=4, seq_len=32, cache=cache)
     assert again.dataset.file == file
     monkeypatch.undo()
+    other = copy.deepcopy(tokenizer)
+    other.add_tokens(["né €"])
+    retokenized, _ = text.lm_loaders(corpus, other, batch_size=4, seq_len=32, cache=cache)
+    assert retokenized.dataset.file.path != file.path and retokenized.dataset.file.num_tokens < file.num_tokens
     (corpus / "doc9.txt").write_text("one more document")
     changed, _ = text.lm_loaders(corpus, tokenizer, batch_size=4, seq_len=32, cache=cache)
     assert changed.dataset.file.path != file.path and changed.dataset.file.num_tokens > file.num_tokens
