@@ -60,7 +60,7 @@ shared with other jobs, load average 3-5, so wall times are approximate):
     acceleration ratio (FLOPs): 4.41x; wall-time ratio: 2.70x
 
 On the same text the BPE models reach about 1 bit per byte less than the
-byte-level ones in the same steps (a 128-token window covers ~3.5x more text);
+byte-level ones in the same steps (a 128-token window covers ~3.8x more text);
 the 4,096-row embedding dominates the small model's FLOPs, so the ratio falls
 to 4.41x. The chain's verdict is the same as byte level: cheaper, and behind
 the 300-step baselines.
