@@ -61,11 +61,15 @@ class Recipe:
             raise
         return {"width": width, "depth": depth}
 
-    def data_loaders(self, batch_size: int, seed: int, path: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    def data_loaders(
+        self, batch_size: int, seed: int, path: str | None = None, *, text_column: str = "text"
+    ) -> tuple[Any, Any, dict[str, Any]]:
         """Train and held-out loaders, and what the models must be built with (``num_classes``).
 
         ``path`` replaces the built-in data: an image folder (one sub-folder per
-        class) for image recipes, a text file or folder for language recipes.
+        class) for image recipes, a text file or folder for language recipes
+        (with a tokenizer, also a token file, a ``datasets`` folder or
+        jsonl/parquet files, whose ``text_column`` holds the text).
         """
         if path is None:
             return (*self.loaders(batch_size, seed), {})
@@ -77,7 +81,7 @@ class Recipe:
         if self.user_data == "text" and self.tokenizer is not None:
             from comptlib.text import lm_loaders
 
-            return (*lm_loaders(path, self.tokenizer, batch_size=batch_size, seed=seed), {})
+            return (*lm_loaders(path, self.tokenizer, batch_size=batch_size, text_column=text_column, seed=seed), {})
         if self.user_data == "text":
             return (*data.text_loaders(batch_size, seed=seed, source=path), {})
         raise ValueError(f"data: the {self.family} recipe reads only its built-in data ({self.data})")
@@ -258,21 +262,21 @@ RECIPES: dict[str, Recipe] = {
 """Recipes by CLI name; the budgets keep the paper's 128:24:16 proportions."""
 
 
-def with_bpe(recipe: Recipe, vocab_size: int = 4096, *, max_bytes: int | None = None) -> Recipe:
-    """A language recipe on a byte-level BPE trained on its stdlib corpus, beside the byte-level default.
+def with_tokenizer(recipe: Recipe, tokenizer: Any, name: str, *, max_bytes: int | None = None) -> Recipe:
+    """A language recipe on ``tokenizer`` (a Hugging Face tokenizer with an EOS token) instead of bytes.
 
-    The tokenizer is trained once on the first ``max_bytes`` of stdlib
-    source (default: the recipe's 2,000,000) and cached, as are the tokenized
-    documents; models get its vocabulary. Bits per byte stay comparable with
-    the byte-level recipe's: the same text (files separated by EOS here),
-    its last 10 % (of tokens here, of bytes there) held out.
+    Its built-in data is the same first ``max_bytes`` of stdlib source
+    (default: the recipe's 2,000,000), files separated by EOS, tokenized once
+    and cached; ``--data`` goes through :func:`comptlib.text.lm_loaders`;
+    models get the tokenizer's vocabulary. Bits per byte stay comparable with
+    the byte-level recipe's: the same text, its last 10 % (of tokens here, of
+    bytes there) held out. ``name`` describes the tokenizer in reports.
     """
     from comptlib import data, text
 
     if recipe.user_data != "text":
-        raise ValueError(f"with_bpe: the {recipe.family} recipe is not a language recipe")
+        raise ValueError(f"tokenizer: the {recipe.family} recipe is not a language recipe")
     max_bytes = max_bytes or data.DEFAULT_TEXT_BYTES
-    tokenizer = text.stdlib_bpe(vocab_size, max_bytes=max_bytes)
 
     def loaders(batch_size: int, seed: int) -> Loaders:
         return text.lm_loaders("stdlib", tokenizer, batch_size=batch_size, max_bytes=max_bytes, seed=seed)
@@ -281,6 +285,14 @@ def with_bpe(recipe: Recipe, vocab_size: int = 4096, *, max_bytes: int | None = 
         recipe,
         build=functools.partial(recipe.build, vocab_size=len(tokenizer)),
         loaders=loaders,
-        data=f"CPython standard library source, byte-level BPE of {len(tokenizer):,} tokens",
+        data=f"CPython standard library source, {name}",
         tokenizer=tokenizer,
     )
+
+
+def with_bpe(recipe: Recipe, vocab_size: int = 4096, *, max_bytes: int | None = None) -> Recipe:
+    """:func:`with_tokenizer` with a byte-level BPE trained (once, then cached) on the same stdlib text."""
+    from comptlib import data, text
+
+    tokenizer = text.stdlib_bpe(vocab_size, max_bytes=max_bytes or data.DEFAULT_TEXT_BYTES)
+    return with_tokenizer(recipe, tokenizer, f"byte-level BPE of {len(tokenizer):,} tokens", max_bytes=max_bytes)

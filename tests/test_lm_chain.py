@@ -180,7 +180,7 @@ def test_lora_finetune_example_smoke(capsys):
 # -- a BPE tokenizer beside the bytes ---------------------------------------------------
 def test_bpe_recipe_trains_its_tokenizer_once_and_sizes_the_models(tmp_path, monkeypatch):
     from comptlib import text
-    from comptlib.recipes import RECIPES, with_bpe
+    from comptlib.recipes import RECIPES, with_bpe, with_tokenizer
 
     monkeypatch.setenv("COMPTLIB_CACHE", str(tmp_path))
     byte_level = RECIPES["llama"]
@@ -197,6 +197,8 @@ def test_bpe_recipe_trains_its_tokenizer_once_and_sizes_the_models(tmp_path, mon
     (tmp_path / "mine.txt").write_text(load_text(max_bytes=60_000))
     user_train, _, options = recipe.data_loaders(8, 0, str(tmp_path / "mine.txt"))  # --data with the BPE
     assert options == {} and isinstance(user_train.dataset, text.TokenWindows)
+    named = with_tokenizer(byte_level, recipe.tokenizer, "my tokenizer", max_bytes=100_000)
+    assert named.data.endswith("my tokenizer") and named.models()[0].config.vocab_size == 512
 
 
 def test_lm_chain_example_smoke_with_bpe(tmp_path, monkeypatch, capsys):
