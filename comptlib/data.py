@@ -452,19 +452,35 @@ def text_loaders(
     >>> tuple(batch["input_ids"].shape), batch["num_bytes"].tolist()
     ((4, 16), [15, 15, 15, 15])
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2 (a window predicts all its tokens but the first), got {seq_len}")
+    check_split(val_fraction, seq_len)
     ids = ByteTokenizer().encode(load_text(source, max_bytes=max_bytes))
     n_val = int(round(len(ids) * val_fraction))
     split = len(ids) - n_val
     train = _windows(ids[:split], seq_len, pad_tail=False)
     val = _windows(ids[split:], seq_len, pad_tail=True)
+    corpus = f"{len(ids):,} bytes in windows of {seq_len}"
+    return window_loaders(train, val, batch_size, seed, corpus, "raise max_bytes or lower seq_len")
+
+
+def check_split(val_fraction: float, seq_len: int) -> None:
+    """ValueError for a held-out fraction or window length no LM loader can use."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2 (a window predicts all its tokens but the first), got {seq_len}")
+
+
+def window_loaders(
+    train: Dataset, val: Dataset, batch_size: int, seed: int, corpus: str, hint: str
+) -> tuple[DataLoader, DataLoader]:
+    """Seeded shuffled training and fixed-order held-out loaders over LM windows; ValueError, with ``hint``, if too few.
+
+    ``corpus`` says how much text made the windows (``"2,000 bytes"``).
+    """
     if len(train) < batch_size or len(val) == 0:
         raise DataError(
-            f"data: {len(ids):,} bytes give {len(train)} training and {len(val)} held-out windows of {seq_len}: "
-            f"need at least batch_size={batch_size} and 1; raise max_bytes or lower seq_len"
+            f"data: {corpus} give {len(train)} training and {len(val)} held-out windows: "
+            f"need at least batch_size={batch_size} and 1; {hint}"
         )
     gen = torch.Generator().manual_seed(seed)
     return (

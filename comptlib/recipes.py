@@ -7,6 +7,7 @@ and layers for transformers, base channels and blocks per stage for ConvNets).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,7 @@ class Recipe:
     user_data: str | None = None  # what --data may point at: "images" (an image folder) or "text"
     image_size: int = 0
     presets: dict[str, dict[str, int]] = attrs.field(factory=dict)  # named sizes: keyword arguments of build
+    tokenizer: Any = None  # language recipes: a Hugging Face tokenizer instead of bytes (see with_bpe)
 
     def size(self, text: str) -> dict[str, int]:
         """Keyword arguments of ``build`` for a size: a preset name or ``WIDTHxDEPTH``."""
@@ -61,11 +63,15 @@ class Recipe:
             raise
         return {"width": width, "depth": depth}
 
-    def data_loaders(self, batch_size: int, seed: int, path: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    def data_loaders(
+        self, batch_size: int, seed: int, path: str | None = None, *, text_column: str = "text"
+    ) -> tuple[Any, Any, dict[str, Any]]:
         """Train and held-out loaders, and what the models must be built with (``num_classes``).
 
         ``path`` replaces the built-in data: an image folder (one sub-folder per
-        class) for image recipes, a text file or folder for language recipes.
+        class) for image recipes, a text file or folder for language recipes
+        (with a tokenizer, also a token file, a ``datasets`` folder or
+        jsonl/parquet files, whose ``text_column`` holds the text).
         """
         if path is None:
             return (*self.loaders(batch_size, seed), {})
@@ -74,6 +80,10 @@ class Recipe:
         if self.user_data == "images":
             train, val, classes = data.image_folder_loaders(path, self.image_size, batch_size, seed=seed)
             return train, val, {"num_classes": classes}
+        if self.user_data == "text" and self.tokenizer is not None:
+            from comptlib.text import lm_loaders
+
+            return (*lm_loaders(path, self.tokenizer, batch_size=batch_size, text_column=text_column, seed=seed), {})
         if self.user_data == "text":
             return (*data.text_loaders(batch_size, seed=seed, source=path), {})
         raise ValueError(f"data: the {self.family} recipe reads only its built-in data ({self.data})")
@@ -119,13 +129,13 @@ def _convnext(width: int, depth: int, num_classes: int = 10) -> nn.Module:
     return convnext([width, 2 * width, 4 * width], [depth, depth, 3 * depth], num_classes=num_classes)
 
 
-def _lm(builder: str) -> Callable[[int, int], nn.Module]:
-    def build(width: int, depth: int) -> nn.Module:
+def _lm(builder: str) -> Callable[..., nn.Module]:
+    def build(width: int, depth: int, vocab_size: int = 256) -> nn.Module:
         from comptlib.families import decoder_lm
 
         if width % 16:
             raise ConfigError(f"sizes: {builder} width {width} must be a multiple of 16 (head_dim 16)")
-        return getattr(decoder_lm, f"build_{builder}")(width, depth)
+        return getattr(decoder_lm, f"build_{builder}")(width, depth, vocab_size=vocab_size)
 
     return build
 
@@ -314,3 +324,39 @@ def list_recipes() -> dict[str, Recipe]:
 
     discover_families()
     return dict(RECIPES)
+
+
+def with_tokenizer(recipe: Recipe, tokenizer: Any, name: str, *, max_bytes: int | None = None) -> Recipe:
+    """A language recipe on ``tokenizer`` (a Hugging Face tokenizer with an EOS token) instead of bytes.
+
+    Its built-in data is the same first ``max_bytes`` of stdlib source
+    (default: the recipe's 2,000,000), files separated by EOS, tokenized once
+    and cached; ``--data`` goes through :func:`comptlib.text.lm_loaders`;
+    models get the tokenizer's vocabulary. Bits per byte stay comparable with
+    the byte-level recipe's: the same text, its last 10 % (of tokens here, of
+    bytes there) held out. ``name`` describes the tokenizer in reports.
+    """
+    from comptlib import data, text
+
+    if recipe.user_data != "text":
+        raise ValueError(f"tokenizer: the {recipe.family} recipe is not a language recipe")
+    max_bytes = max_bytes or data.DEFAULT_TEXT_BYTES
+
+    def loaders(batch_size: int, seed: int) -> Loaders:
+        return text.lm_loaders("stdlib", tokenizer, batch_size=batch_size, max_bytes=max_bytes, seed=seed)
+
+    return attrs.evolve(
+        recipe,
+        build=functools.partial(recipe.build, vocab_size=len(tokenizer)),
+        loaders=loaders,
+        data=f"CPython standard library source, {name}",
+        tokenizer=tokenizer,
+    )
+
+
+def with_bpe(recipe: Recipe, vocab_size: int = 4096, *, max_bytes: int | None = None) -> Recipe:
+    """:func:`with_tokenizer` with a byte-level BPE trained (once, then cached) on the same stdlib text."""
+    from comptlib import data, text
+
+    tokenizer = text.stdlib_bpe(vocab_size, max_bytes=max_bytes or data.DEFAULT_TEXT_BYTES)
+    return with_tokenizer(recipe, tokenizer, f"byte-level BPE of {len(tokenizer):,} tokens", max_bytes=max_bytes)

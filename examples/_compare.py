@@ -29,7 +29,7 @@ import torch
 
 from comptlib import Chain
 from comptlib.bench import compare, fit_alone, format_table
-from comptlib.recipes import RECIPES
+from comptlib.recipes import RECIPES, Recipe, with_bpe
 
 SMOKE_BUDGETS, SMOKE_BATCH = (4.0, 1.0, 1.0), 16
 """Steps per model and batch size with ``--smoke``: every code path runs, in seconds."""
@@ -63,9 +63,8 @@ def recipe_parser(description: str, families: Sequence[str]) -> argparse.Argumen
     return parser
 
 
-def run_recipe(args: argparse.Namespace) -> tuple[Chain, list[Chain]]:
+def run_recipe(args: argparse.Namespace, recipe: Recipe) -> tuple[Chain, list[Chain]]:
     """Train the recipe's ladder as a chain and every model alone, on the recipe's data."""
-    recipe = RECIPES[args.family]
     budgets = SMOKE_BUDGETS if args.smoke else args.budgets or recipe.budgets
     unit = "steps" if args.smoke else args.unit or recipe.unit
     baseline = budgets[0] if args.smoke or args.baseline is None else args.baseline
@@ -84,11 +83,19 @@ def run_recipe(args: argparse.Namespace) -> tuple[Chain, list[Chain]]:
     return chain, fit_alone(models, train, val, budget=baseline, names=names, **common)
 
 
-def recipe_main(description: str, families: Sequence[str], argv: Sequence[str] | None) -> None:
-    """Parse, run and print the comparison of a recipe example."""
-    args = recipe_parser(description, families).parse_args(argv)
-    chain, alone = run_recipe(args)
+def recipe_main(description: str, families: Sequence[str], argv: Sequence[str] | None, *, text: bool = False) -> None:
+    """Parse, run and print the comparison of a recipe example; ``text`` adds the tokenizer options."""
+    parser = recipe_parser(description, families)
+    if text:
+        parser.add_argument(
+            "--tokenizer", choices=("byte", "bpe"), default="byte", help="bytes, or a BPE on the corpus"
+        )
+        parser.add_argument("--vocab-size", type=int, default=4096, help="of the BPE tokenizer")
+    args = parser.parse_args(argv)
     recipe = RECIPES[args.family]
+    if text and args.tokenizer == "bpe":
+        recipe = with_bpe(recipe, args.vocab_size)
+    chain, alone = run_recipe(args, recipe)
     print(
         f"{args.family} chain {' -> '.join(recipe.sizes)} on {recipe.data}, {args.method} growth, "
         f"baseline {alone[0].history_[0]['steps']} steps of {chain.history_[0]['batch_size']}, seed {args.seed}, "

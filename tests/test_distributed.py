@@ -230,7 +230,9 @@ def test_bf16_autocast_and_a_bf16_teacher_train_on_cpu() -> None:
     fitted.fit(train, val)
     assert all(p.dtype == torch.float32 for m in fitted.models_ for p in m.parameters())  # bf16 only inside
     assert all(torch.isfinite(torch.tensor(r["loss"])).all() for r in fitted.history_)
-    assert fitted.history_[1]["settings"]["precision"] == "bf16"  # part of the checkpoint lineage (plain data, not a repr)
+    assert (
+        fitted.history_[1]["settings"]["precision"] == "bf16"
+    )  # part of the checkpoint lineage (plain data, not a repr)
 
 
 def test_the_cli_refuses_bad_scale_out_flags() -> None:

@@ -175,3 +175,41 @@ def test_lora_finetune_example_smoke(capsys):
     _example("lora_finetune").main(["--smoke"])
     out = capsys.readouterr().out
     assert "merge_and_unload() -> LlamaForCausalLM" in out and "-> LlamaForCausalLM:" in out
+
+
+# -- a BPE tokenizer beside the bytes ---------------------------------------------------
+def test_bpe_recipe_trains_its_tokenizer_once_and_sizes_the_models(tmp_path, monkeypatch):
+    from comptlib import text
+    from comptlib.recipes import RECIPES, with_bpe, with_tokenizer
+
+    monkeypatch.setenv("COMPTLIB_CACHE", str(tmp_path))
+    byte_level = RECIPES["llama"]
+    recipe = with_bpe(byte_level, 512, max_bytes=100_000)
+    assert recipe.tokenizer is not None and len(recipe.tokenizer) == 512 and "BPE of 512" in recipe.data
+    assert [m.config.vocab_size for m in recipe.models()] == [512] * 3
+    assert byte_level.models()[0].config.vocab_size == 256 and byte_level.tokenizer is None  # the default is bytes
+    train, val = recipe.loaders(8, 0)
+    batch = next(iter(train))
+    assert (
+        int(batch["input_ids"].max()) < 512 and float(batch["num_bytes"].float().mean()) > 1.5 * 127
+    )  # tokens cover bytes
+    monkeypatch.setattr(text, "train_tokenizer", lambda *a, **k: pytest.fail("trained twice"))
+    again = with_bpe(byte_level, 512, max_bytes=100_000)
+    assert text.tokenizer_fingerprint(again.tokenizer) == text.tokenizer_fingerprint(recipe.tokenizer)
+    (tmp_path / "mine.txt").write_text(load_text(max_bytes=60_000))
+    user_train, _, options = recipe.data_loaders(8, 0, str(tmp_path / "mine.txt"))  # --data with the BPE
+    assert options == {} and isinstance(user_train.dataset, text.TokenWindows)
+    named = with_tokenizer(byte_level, recipe.tokenizer, "my tokenizer", max_bytes=100_000)
+    assert named.data.endswith("my tokenizer") and named.models()[0].config.vocab_size == 512
+
+
+def test_lm_chain_example_smoke_with_bpe(tmp_path, monkeypatch, capsys):
+    import comptlib.data
+
+    monkeypatch.setenv("COMPTLIB_CACHE", str(tmp_path))
+    monkeypatch.setattr(
+        comptlib.data, "DEFAULT_TEXT_BYTES", 200_000
+    )  # a smaller corpus: the smoke run checks code paths
+    _example("lm_chain").main(["--smoke", "--tokenizer", "bpe", "--vocab-size", "1024"])
+    out = capsys.readouterr().out
+    assert "byte-level BPE of 1,024 tokens" in out and "acceleration ratio" in out
