@@ -283,6 +283,25 @@ def _write_reports(out: Path, cfg: RunConfig, chain: Any) -> None:
 
 @app.command()
 @_friendly
+def config(
+    family: Annotated[str, typer.Option(help="The recipe whose values fill the file.")] = "vit",
+    debug: DebugOpt = False,
+) -> None:
+    """Print a TOML config with every field of a run, at a recipe's values, each under its help.
+
+    Examples:
+
+        comptlib config > chain.toml
+
+        comptlib config --family llama > llama.toml && comptlib grow --config llama.toml
+    """
+    from comptlib.config import toml_template
+
+    typer.echo(toml_template(family), nl=False)
+
+
+@app.command()
+@_friendly
 @settings("family", "sizes", "budgets", "unit", "data", "batch_size", "seed")
 def plan(config: ConfigOpt = None, flags: dict[str, Any] | None = None, debug: DebugOpt = False) -> None:
     """Dry run: each model's parameters and measured FLOPs per sample, and the projected acceleration ratio.

@@ -7,6 +7,7 @@ help) plus what only a run from the command line has (family, sizes, data).
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,32 @@ class RunConfig:
         """The fields that are ``cls``'s settings (an :class:`Optim`, :class:`Runtime`...), to build it with."""
         names = {f.name for f in attrs.fields(cls)}
         return {k: v for k, v in self.to_dict().items() if k in names}
+
+
+def toml_template(family: str = "vit") -> str:
+    """A ``[chain]`` TOML file with every field, at ``family``'s values, each under its help: the config schema.
+
+    Generated from the same declarations as the CLI's flags, so the two never
+    disagree; ``comptlib config > chain.toml`` writes it for editing.
+    """
+    config = RunConfig.resolve(family=family)
+    lines = [f"# comptlib grow --config FILE: the {family} recipe's run, every field at its value.", "[chain]"]
+    for field in attrs.fields(RunConfig):
+        value = getattr(config, field.name)
+        lines.append(f"# {field.metadata['help']}")
+        lines.append(f"{field.name} = {_toml(value)}" if value is not None else f"# {field.name} = (not set)")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: Any) -> str:
+    """A TOML literal for a config value (str, bool, int, float or a list of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    return repr(value)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -184,3 +184,17 @@ def test_check_grows_a_saved_transformers_model_into_a_config(tmp_path) -> None:
     (tmp_path / "bad.json").write_text("{")
     bad = runner.invoke(app, ["check", str(tmp_path / "src"), str(tmp_path / "bad.json"), "--family", "llama"])
     assert bad.exit_code == 2 and "not a transformers config" in flat(bad.output)
+
+
+@pytest.mark.parametrize("family", ["vit", "resnet", "clip", "llama", "fashion-vit"])
+def test_the_config_template_reads_back_as_the_recipes_run(tmp_path, family) -> None:
+    import tomllib
+
+    from comptlib.config import RunConfig
+
+    result = runner.invoke(app, ["config", "--family", family])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "chain.toml"
+    path.write_text(result.output)
+    assert tomllib.loads(result.output)["chain"]["family"] == family
+    assert RunConfig.resolve(path) == RunConfig.resolve(family=family)

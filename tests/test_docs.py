@@ -27,3 +27,12 @@ def test_site_builds_strictly(tmp_path) -> None:
     result = subprocess.run([*cmd, "--site-dir", str(tmp_path / "site")], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "index.html").exists()
+
+
+def test_config_reference_is_the_generated_template() -> None:
+    """docs/config.md quotes ``comptlib config`` as it is today: the TOML schema comes from the declarations."""
+    from comptlib.config import toml_template
+
+    assert "```toml\n" + toml_template() + "```" in (DOCS / "config.md").read_text(), (
+        "docs/config.md is stale: replace its toml block with the output of `comptlib config`"
+    )
