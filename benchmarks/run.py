@@ -3,7 +3,8 @@
 Run from the repository root::
 
     .venv/bin/python -m benchmarks.run --suite quick          # one seed, tiny budgets: checks the harness
-    .venv/bin/python -m benchmarks.run --suite full --docs    # the published results: about an hour
+    .venv/bin/python -m benchmarks.run --suite full --ladders vit-3,vit-4,resnet-3,llama-3 --docs  # about an hour
+    .venv/bin/python -m benchmarks.run --suite full --ladders fashion-vit-3 --alone 64x2   # one piece of hours
 
 For each ladder and seed it trains every model alone for the baseline budget
 (on the ``knee`` ladders: at its knee, the smallest of the budgets ``B0, 2 B0,
@@ -78,6 +79,10 @@ class Ladder:
             raise ValueError(f"ladder {self.name}: {len(self.budgets)} budgets for {len(self.sizes)} sizes")
 
 
+PARTS = ("chain", "ablations")
+"""After the baselines: the chain and its budget search; the ablations. A piece may run one of them."""
+
+
 @attrs.frozen
 class Suite:
     """Which ladders, seeds and budget scale; ``val_batches`` trims the held-out sets (smoke runs only)."""
@@ -88,6 +93,8 @@ class Suite:
     val_batches: int | None = None
     train_size: int | None = None  # caps the ladders' training sets
     knee: int | None = None  # caps the ladders' doublings
+    baseline_seeds: tuple[int, ...] = ()  # more seeds for the baselines' knee and targets (a piece of seeds)
+    parts: tuple[str, ...] = PARTS  # what runs after the baselines
     batch_size: int | None = None  # caps the ladders' batch size (smoke runs only)
     val_size: int | None = None  # held-out examples kept of each evaluated batch (smoke runs only)
 
@@ -109,16 +116,19 @@ LADDERS: dict[str, Ladder] = {
 # (2, 4, 8, 16 epochs); chain budgets in the paper's proportions of each model's knee. Timing probe, 2 shared
 # cores (2026-12-02), a step of 128 / an evaluation of the test set: ViT 64x2 0.39 s / 11 s, 80x3 0.82 s / 21 s,
 # 96x4 1.14 s / 24 s, 128x5 1.23 s / 38 s; ResNet 16x1 0.10 s / 2.3 s, 16x2 0.25 s / 5.4 s, 24x2 0.40 s / 7.1 s.
+# Hence, per seed, every budget of one size's knee search: ViT 64x2 19 min, 80x3 39, 96x4 52, 128x5 61; ResNet
+# 16x1 5, 16x2 12, 24x2 18. With the baselines kept, a chain + budget search + ablations on fashion-vit-3 is
+# about 2.3 h a seed at worst (no target reached): docs/benchmarks.md splits it into pieces.
 _FASHION = {"loaders": fashion_mnist_loaders, "train_size": 10_000, "knee": 3, "val_batches": None}
 LADDERS |= {
     "fashion-vit-3": Ladder(
-        "fashion-vit-3", "fashion-vit", ("64x2", "80x3", "96x4"), (156, 29, 20), 13, options=True, **_FASHION
+        "fashion-vit-3", "fashion-vit", ("64x2", "80x3", "96x4"), (156, 29, 20), 26, options=True, **_FASHION
     ),
     "fashion-vit-4": Ladder(
-        "fashion-vit-4", "fashion-vit", ("64x2", "80x3", "96x4", "128x5"), (156, 29, 20, 20), 13, **_FASHION
+        "fashion-vit-4", "fashion-vit", ("64x2", "80x3", "96x4", "128x5"), (156, 29, 20, 20), 26, **_FASHION
     ),
     "fashion-resnet-3": Ladder(
-        "fashion-resnet-3", "fashion-resnet", ("16x1", "16x2", "24x2"), (156, 29, 20), 13, **_FASHION
+        "fashion-resnet-3", "fashion-resnet", ("16x1", "16x2", "24x2"), (156, 29, 20), 26, **_FASHION
     ),
 }
 
@@ -291,15 +301,20 @@ def _knee(ladder: Ladder, suite: Suite, data: Loaders, size: str, tried: list[in
     """
     higher = _family(ladder).higher_is_better
     curve: list[list[float]] = []
-    previous: list[Any] = []
+    previous: dict[int, Any] = {}
     for k, budget in enumerate(tried):
-        runs = [_alone(ladder, suite, data, size, seed, budget, out, log) for seed in suite.seeds]
-        curve.append([r.report_["models"][0][r.report_["metric"]] for r in runs])
+        runs = {seed: _alone(ladder, suite, data, size, seed, budget, out, log) for seed in _every_seed(suite)}
+        curve.append([r.report_["models"][0][r.report_["metric"]] for r in runs.values()])
         gain = statistics.mean(curve[k]) - statistics.mean(curve[k - 1]) if k else None
         if gain is not None and (gain if higher else -gain) < _std(curve[k - 1]):
             return {"budgets": tried[: k + 1], "metrics": curve, "knee": tried[k - 1], "found": True}, previous
         previous = runs
     return {"budgets": tried, "metrics": curve, "knee": tried[-1], "found": False}, previous
+
+
+def _every_seed(suite: Suite) -> tuple[int, ...]:
+    """The seeds of the baselines: the chains' and ``baseline_seeds``."""
+    return tuple(dict.fromkeys([*suite.baseline_seeds, *suite.seeds]))
 
 
 def _family(ladder: Ladder) -> Any:
@@ -329,7 +344,7 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
     if only is not None:
         for size in (s for s in ladder.sizes if s in only):
             for budget in tried:
-                for seed in suite.seeds:
+                for seed in _every_seed(suite):
                     _alone(ladder, suite, data, size, seed, budget, out, log)
         return {}
     names = [f"{ladder.recipe}-{s}" for s in ladder.sizes]
@@ -339,13 +354,13 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
     for size in ladder.sizes:  # baselines first: the budget search needs their mean final metric
         knees[size], runs = _knee(ladder, suite, data, size, tried, out, log)
         at_knee.append(runs)
-    alone = {seed: [runs[j] for runs in at_knee] for j, seed in enumerate(suite.seeds)}
+    alone = {seed: [runs[seed] for runs in at_knee] for seed in _every_seed(suite)}
     base = [knees[s]["knee"] for s in ladder.sizes]  # each model's baseline budget
     share = [b / ladder.budgets[0] for b in ladder.budgets]  # the paper's proportions, of each model's baseline
     budgets = [base[0]] + [max(int(round(base[i] * share[i])), 2) for i in range(1, len(base))]
     metric = alone[suite.seeds[0]][0].report_["metric"]
     targets = [
-        statistics.mean(alone[s][i].report_["models"][0][metric] for s in suite.seeds) for i in range(len(names))
+        statistics.mean(alone[s][i].report_["models"][0][metric] for s in alone) for i in range(len(names))
     ]
     result: dict[str, Any] = {"sizes": ladder.sizes, "budgets": budgets, "baselines": base, "eval_every": every}
     result |= {"knees": knees, "seeds": {}}
@@ -355,30 +370,32 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
     for seed in suite.seeds:
         start = time.perf_counter()
         models = [_seeded_model(ladder.recipe, size, seed) for size in ladder.sizes]
-        chain = _run(models, *data, budgets=budgets, names=names, eval_every=every, seed=seed, **common)
-        runs = {"alone": [_summary(c)[0] for c in alone[seed]], "chain": _summary(chain)}
-        runs["chain_report"] = _ratio(runs["alone"], chain)
+        runs: dict[str, Any] = {"alone": [_summary(c)[0] for c in alone[seed]]}
+        run_with = {"names": names, "eval_every": every, "seed": seed, **common}
+        if "chain" in suite.parts:
+            chain = _run(models, *data, budgets=budgets, **run_with)
+            runs |= {"chain": _summary(chain), "chain_report": _ratio(runs["alone"], chain)}
+            if seed == suite.seeds[0]:
+                plot(chain, alone[seed], out / f"{ladder.name}.png")
+            first = chain.models_[0]
+        else:  # the chain's first stage alone: the same steps, so the same model
+            first = _run(models[:1], *data, budgets=budgets[:1], **(run_with | {"names": names[:1]})).models_[0]
         log(f"{ladder.name} seed {seed}: chain ({time.perf_counter() - start:.0f} s)")
-        if seed == suite.seeds[0]:
-            plot(chain, alone[seed], out / f"{ladder.name}.png")
 
         # The grown stages again, from the chain's trained first model: same data, other settings.
-        first = chain.models_[0]
         grown = {"baseline_budget": base[0], "first_trained": True, "seed": seed}
-        start = time.perf_counter()
-        search = _run(
-            [first, *models[1:]],
-            *data,
-            names=names,
-            eval_every=every,
-            targets=[None, *targets[1:]],
-            **(common | grown | {"budgets": [0, *base[1:]]}),
-        )
-        runs["search"] = _summary(search)
-        runs["search_report"] = _ratio(runs["alone"], search)
-        log(f"{ladder.name} seed {seed}: budget search ({time.perf_counter() - start:.0f} s)")
+        if "chain" in suite.parts:
+            start = time.perf_counter()
+            search = _run(
+                [first, *models[1:]],
+                *data,
+                targets=[None, *targets[1:]],
+                **(run_with | grown | {"budgets": [0, *base[1:]]}),
+            )
+            runs |= {"search": _summary(search), "search_report": _ratio(runs["alone"], search)}
+            log(f"{ladder.name} seed {seed}: budget search ({time.perf_counter() - start:.0f} s)")
 
-        if ladder.ablate or ladder.options:
+        if (ladder.ablate or ladder.options) and "ablations" in suite.parts:
             runs["ablations"] = {}
             for label, settings in ablations(spec.family, ladder.options).items():
                 start = time.perf_counter()
@@ -430,6 +447,15 @@ def _plot_knees(name: str, knees: dict[str, Any], metric: str, path: Path) -> No
     plt.close(fig)
 
 
+def _merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A ladder rerun for some seeds or one part keeps what an earlier run of the same budgets has of the rest."""
+    same = old is not None and all(old.get(k) == new[k] for k in ("budgets", "baselines", "targets"))
+    seeds = {int(k): v for k, v in old["seeds"].items()} if same else {}
+    for seed, runs in new["seeds"].items():  # a part rerun for a seed replaces that part only
+        seeds[seed] = seeds.get(seed, {}) | runs
+    return new | {"seeds": dict(sorted(seeds.items()))}
+
+
 def machine() -> dict[str, Any]:
     """Where the numbers come from."""
     return {
@@ -448,8 +474,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--suite", choices=tuple(SUITES), default="quick")
     parser.add_argument("--ladders", help=f"comma-separated subset of {', '.join(LADDERS)}")
     parser.add_argument("--seeds", help="comma-separated seeds [default: the suite's]")
+    parser.add_argument(
+        "--baseline-seeds", help="comma-separated seeds the baselines' knee and targets also average over"
+    )
     parser.add_argument("--out", type=Path, help="output directory [default: benchmarks/results/SUITE]")
     parser.add_argument("--merge", action="store_true", help="keep the other ladders of an earlier OUT/results.json")
+    parser.add_argument("--report", action="store_true", help="run nothing: the report of OUT/results.json")
+    parser.add_argument("--part", choices=PARTS, help="only the chain and budget search, or only the ablations")
     parser.add_argument(
         "--alone", help="comma-separated sizes: only train their baselines (kept in OUT/alone/) and stop"
     )
@@ -465,6 +496,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         suite = attrs.evolve(suite, ladders=tuple(args.ladders.split(",")))
     if args.seeds:
         suite = attrs.evolve(suite, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    if args.part:
+        suite = attrs.evolve(suite, parts=(args.part,))
+    if args.baseline_seeds:
+        suite = attrs.evolve(suite, baseline_seeds=tuple(int(s) for s in args.baseline_seeds.split(",")))
     out = args.out or Path("benchmarks/results") / args.suite
     out.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)
@@ -480,17 +515,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     earlier = out / "results.json"
     if args.merge and earlier.exists():  # e.g. one ladder rerun: the others stay as they were
         old = json.loads(earlier.read_text())
-        results["ladders"] = {k: v for k, v in old["ladders"].items() if k not in suite.ladders}
+        results["ladders"] = dict(old["ladders"])
         results["command"] = f"{old['command']}; {results['command']}"
         results["settings"]["ladders"] = tuple(dict.fromkeys([*old["settings"]["ladders"], *suite.ladders]))
         began -= old["elapsed"]
+    if args.report:  # the pieces are merged: only the tables, plots and docs page
+        from benchmarks.report import write_report
+
+        write_report(json.loads(earlier.read_text()), out, docs=args.docs)
+        return results
     if args.alone:  # a piece of baselines: the ladder's later run reads them from OUT/alone/
         for name in suite.ladders:
             run_ladder(LADDERS[name], suite, out, log, only=args.alone.split(","))
         log(f"done: baselines of {args.alone} in {out / 'alone'}")
         return results
     for name in suite.ladders:
-        results["ladders"][name] = run_ladder(LADDERS[name], suite, out, log)
+        ladder = run_ladder(LADDERS[name], suite, out, log)
+        results["ladders"][name] = _merge_seeds(results["ladders"].get(name), ladder)
         results["elapsed"] = time.perf_counter() - began
         write_json(earlier, results)  # after every ladder: a crash loses one ladder at most
 
