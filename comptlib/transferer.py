@@ -26,7 +26,7 @@ from torch import nn
 
 from comptlib.errors import ConfigError
 from comptlib.family import Outputs
-from comptlib.settings import fraction, flag, integer, non_negative, one_of, optional, positive, setting
+from comptlib.settings import flag, fraction, integer, non_negative, one_of, optional, positive, setting
 
 SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
 PROJECTORS: tuple[str, ...] = ("auto", "linear", "fixed")

@@ -82,3 +82,15 @@ def test_a_page_without_markers_is_refused_and_kept(quick, tmp_path) -> None:
     with pytest.raises(ValueError, match="markers"):
         write_report(results, quick / "out", docs=tmp_path)
     assert (tmp_path / "benchmarks.md").read_text() == "# mine\n"
+
+
+def test_pieces_merge_by_seed_and_part() -> None:
+    from benchmarks.run import _merge_seeds
+
+    plan = {"budgets": [8, 2], "baselines": [8, 8], "targets": [0.5, 0.6]}
+    old = plan | {"seeds": {"0": {"alone": "a0", "chain": "c0"}, "1": {"alone": "a1", "chain": "c1"}}}
+    new = plan | {"seeds": {1: {"alone": "a1", "ablations": "x1"}}}
+    merged = _merge_seeds(old, new)["seeds"]
+    assert merged == {0: {"alone": "a0", "chain": "c0"}, 1: {"alone": "a1", "chain": "c1", "ablations": "x1"}}
+    other = _merge_seeds(old | {"baselines": [8, 16]}, new)["seeds"]  # other budgets: the earlier seeds dropped
+    assert other == {1: {"alone": "a1", "ablations": "x1"}}
