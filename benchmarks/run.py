@@ -141,8 +141,8 @@ SUITES: dict[str, Suite] = {
         val_batches=2,
         train_size=256,
         knee=1,
-        batch_size=32,
-        val_size=64,
+        batch_size=16,
+        val_size=32,
     ),
     "full": Suite((0, 1, 2), 1.0, tuple(LADDERS)),
 }
