@@ -278,6 +278,7 @@ def _alone(ladder: Ladder, suite: Suite, data: Loaders, size: str, seed: int, bu
     spec = RECIPES[ladder.recipe]
     every = max(budget // 4, 1) if ladder.knee else 2 * max(int(round(ladder.eval_every * suite.scale)), 1)
     limits = (ladder.batch_size, ladder.val_batches, suite.val_batches, ladder.train_size, suite.train_size, every)
+    limits += (suite.batch_size, suite.val_size, spec.lr)
     path = out / "alone" / f"{ladder.recipe}-{size}-seed{seed}-{budget}steps-{zlib.crc32(repr(limits).encode()):08x}.json"
     if path.exists():
         return Stored(**json.loads(path.read_text()))
