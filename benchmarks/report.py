@@ -45,6 +45,30 @@ def _seed_runs(ladder: dict[str, Any]) -> list[dict[str, Any]]:
     return list(ladder["seeds"].values())
 
 
+def _baselines(ladder: dict[str, Any]) -> list[int]:
+    """Each model's budget alone (results from before the knee rule: the first model's, for all)."""
+    return ladder.get("baselines", [ladder["budgets"][0]] * len(ladder["sizes"]))
+
+
+def _knee_section(name: str, ladder: dict[str, Any], image: str) -> list[str]:
+    """The curves that chose each baseline's budget: held-out metric per budget tried, the knee in bold."""
+    knees = ladder.get("knees", {})
+    if not any(len(k["budgets"]) > 1 for k in knees.values()):
+        return []
+    lines = [
+        f"Baselines at their knee: each model alone for the smallest budget at which doubling it improves the "
+        f"held-out {ladder['metric']} (mean over seeds) by less than one seed-std; *not found*: the largest tried.",
+        "",
+        "| model | " + " | ".join(f"{b} steps" for b in max((k["budgets"] for k in knees.values()), key=len)) + " | knee |",
+        "|---|" + "---:|" * max(len(k["budgets"]) for k in knees.values()) + "---:|",
+    ]
+    for size, knee in knees.items():
+        cells = [_pm(m) if b != knee["knee"] else f"**{_pm(m)}**" for b, m in zip(knee["budgets"], knee["metrics"])]
+        cells += ["–"] * (len(lines[2].split("|")) - 4 - len(cells))
+        lines.append(f"| {size} | " + " | ".join(cells) + f" | {knee['knee'] if knee['found'] else 'not found'} |")
+    return [*lines, "", f"![{name}: each model alone against its budget]({image})", ""]
+
+
 def family_rows(ladder: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per model and for the family: means over seeds and the matched-quality verdicts."""
     runs, higher = _seed_runs(ladder), ladder["higher_is_better"]
@@ -122,7 +146,7 @@ def _family_section(name: str, ladder: dict[str, Any], image: str) -> list[str]:
         "",
         f"Held-out {metric} ({'higher' if ladder['higher_is_better'] else 'lower'} is better), mean ± std over "
         f"{seeds} seed{'s' * (seeds > 1)}; chain budgets {ladder['budgets']} steps, each model alone "
-        f"{ladder['budgets'][0]} steps. *grown*: right after growth, before the stage trains.",
+        f"{_baselines(ladder)} steps. *grown*: right after growth, before the stage trains.",
         "",
         "| model | params | grown | chain | alone | chain − alone | within 1 std | train FLOPs chain / alone | wall s chain / alone |",
         "|---|---:|---:|---:|---:|---:|:-:|---:|---:|",
@@ -148,7 +172,8 @@ def _family_section(name: str, ladder: dict[str, Any], image: str) -> list[str]:
     search, matched = search_rows(ladder)
     lines += [
         "Time to target (budget search: each grown model trained until it reaches its baseline's mean final "
-        f"{metric}, evaluated every {ladder['eval_every']} steps, capped at the baseline's {ladder['budgets'][0]} steps):",
+        f"{metric}, evaluated every {ladder['eval_every']} steps, capped at its baseline's budget; the cost counts "
+        "every stage, teacher forwards included):",
         "",
         "| grown model | target | reached | steps to target | FLOPs to target | alone FLOPs / FLOPs to target |",
         "|---|---:|:-:|---:|---:|---:|",
@@ -192,30 +217,42 @@ def _ablation_section(name: str, ladder: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _prepend_section(results: dict[str, Any]) -> list[str]:
-    """The paper's first observation: prepending smaller models cuts the cost of the larger ones."""
+PAIRS = (("vit-3", "vit-4"), ("fashion-vit-3", "fashion-vit-4"))
+"""A 3-model ladder and the 4-model one that adds a model to it."""
+
+
+def _prepend_section(results: dict[str, Any], short: str, long: str) -> list[str]:
+    """The paper's first observation: a longer chain (here: one model more) cuts the cost of the largest."""
     ladders = results["ladders"]
-    if not {"vit-3", "vit-4"} <= set(ladders):
+    if not {short, long} <= set(ladders):
         return []
-    three, four = (family_rows(ladders[k])[0] for k in ("vit-3", "vit-4"))
-    c3 = [r["chain_report"]["chain_flops"] for r in _seed_runs(ladders["vit-3"])]
-    c4 = [r["chain_report"]["chain_flops"] for r in _seed_runs(ladders["vit-4"])]
+    three, four = (family_rows(ladders[k])[0] for k in (short, long))
+    c3 = [r["chain_report"]["chain_flops"] for r in _seed_runs(ladders[short])]
+    c4 = [r["chain_report"]["chain_flops"] for r in _seed_runs(ladders[long])]
     largest = four[-1]["alone_flops"]
+    added = next(r["size"] for r in four if r["size"] not in {t["size"] for t in three})
+    share = 100 * statistics.mean(c4) / largest
+    if added == four[0]["size"]:  # a smaller model in front, as the paper's 4-model chain
+        head = f"### Prepending a smaller model: {long} prepends {added} to {short}"
+        said = (
+            f"the 3-model chain costs {100 * statistics.mean(c3) / largest:.0f} % of it and the 4-model chain "
+            f"{share:.0f} % (paper: ViT-T, S and B prepended to ViT-L cost 28 % of ViT-L alone)."
+        )
+    else:
+        head = f"### A larger model on top: {long} grows {added} from {short}'s largest"
+        said = f"the 4-model chain, all four models, costs {share:.0f} % of it."
     lines = [
-        "### Prepending a smaller model",
+        head,
         "",
-        f"The 4-model ViT chain prepends {four[0]['size']} to the 3-model one. Chain FLOPs: "
-        f"{format_flops(statistics.mean(c3))} (3 models) and {format_flops(statistics.mean(c4))} (4 models); training "
-        f"{four[-1]['size']} alone costs {format_flops(largest)}, so the 3-model chain costs "
-        f"{100 * statistics.mean(c3) / largest:.0f} % of it and the 4-model chain {100 * statistics.mean(c4) / largest:.0f} % "
-        "(paper: ViT-T, S and B prepended to ViT-L cost 28 % of ViT-L alone).",
+        f"Chain FLOPs: {format_flops(statistics.mean(c3))} (3 models) and {format_flops(statistics.mean(c4))} "
+        f"(4 models); training {four[-1]['size']} alone costs {format_flops(largest)}, so {said}",
         "",
         "| model | in the 3-model chain | in the 4-model chain |",
         "|---|---:|---:|",
     ]
-    for row in three:
-        other = next(r for r in four if r["size"] == row["size"])
-        lines.append(f"| {row['size']} | {_pm(row['chain'])} | {_pm(other['chain'])} |")
+    for row in four:
+        other = next((_pm(r["chain"]) for r in three if r["size"] == row["size"]), "–")
+        lines.append(f"| {row['size']} | {other} | {_pm(row['chain'])} |")
     return [*lines, ""]
 
 
@@ -248,7 +285,7 @@ def render(results: dict[str, Any], images: str) -> str:
         "",
         f"```bash\n.venv/bin/{results['command']}\n```",
         "",
-        "| family | models | acceleration ratio (FLOPs) | wall-time ratio | paper (CC3M) | target | grown models matched | matched-quality ratio |",
+        "| family | models | fixed-budget ratio (FLOPs, paper proportions) | wall-time ratio | paper (CC3M) | target | grown models matched | matched-quality ratio |",
         "|---|:-:|---:|---:|---:|---:|:-:|---:|",
     ]
     for name, ladder in results["ladders"].items():
@@ -267,9 +304,11 @@ def render(results: dict[str, Any], images: str) -> str:
     lines.append("")
     for name, ladder in results["ladders"].items():
         lines += _family_section(name, ladder, f"{images}/{name}.png")
+        lines += _knee_section(name, ladder, f"{images}/{name}-knee.png")
         if "ablations" in next(iter(ladder["seeds"].values())):
             lines += _ablation_section(name, ladder) + _middle_section(name, ladder)
-    lines += _prepend_section(results)
+    for short, long in PAIRS:
+        lines += _prepend_section(results, short, long)
     return "\n".join([*lines, END, ""])
 
 
@@ -281,8 +320,9 @@ def write_report(results: dict[str, Any], out: Path, docs: Path | None = None) -
     images = docs / "img" / "benchmarks"
     images.mkdir(parents=True, exist_ok=True)
     for name in results["ladders"]:
-        if (out / f"{name}.png").exists():
-            shutil.copyfile(out / f"{name}.png", images / f"{name}.png")
+        for plot in (f"{name}.png", f"{name}-knee.png"):
+            if (out / plot).exists():
+                shutil.copyfile(out / plot, images / plot)
     page = docs / "benchmarks.md"
     text = page.read_text() if page.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
     if START not in text or END not in text:

@@ -3,11 +3,15 @@
 Run from the repository root::
 
     .venv/bin/python -m benchmarks.run --suite quick          # one seed, tiny budgets: checks the harness
-    .venv/bin/python -m benchmarks.run --suite full --docs    # the published results: about an hour
+    .venv/bin/python -m benchmarks.run --suite full --ladders vit-3,vit-4,resnet-3,llama-3 --docs  # about an hour
+    .venv/bin/python -m benchmarks.run --suite full --ladders fashion-vit-3 --alone 64x2   # one piece of hours
 
 For each ladder and seed it trains every model alone for the baseline budget
-and the ladder as a chain with the paper's short budgets (128:24:16:16 epochs
-in proportion); then the **budget search** (each grown model trained until it
+(on the ``knee`` ladders: at its knee, the smallest of the budgets ``B0, 2 B0,
+4 B0...`` at which doubling improves its held-out metric, mean over seeds, by
+less than one seed-std) and the ladder as a chain with the paper's short
+budgets (128:24:16:16 epochs in proportion, of each model's baseline budget);
+then the **budget search** (each grown model trained until it
 reaches the mean final metric of its baseline, capped at the baseline budget:
 the time to target) and, on the ablated ladders, the grown stages again under
 other settings (initialisation, transfer, learning rate after growth, no
@@ -16,7 +20,10 @@ differ from one another only in what they ablate.
 
 Everything lands in ``--out`` (``results.json``, ``benchmarks.md``, plots);
 ``--docs`` also writes the generated part of ``docs/benchmarks.md`` and its
-plots under ``docs/img/benchmarks/``.
+plots under ``docs/img/benchmarks/``. Each run alone is kept in
+``OUT/alone/`` as it finishes, so a piece that stops is resumed where it was,
+and ``--alone SIZES`` trains only those baselines: the full suite runs as
+pieces of under an hour (``--ladders X --merge``), see ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from torch import nn
 
 from comptlib import Chain, FeatureMSE, LogitKL
 from comptlib.bench import plot
-from comptlib.family import family_of
+from comptlib.data import fashion_mnist_loaders
 from comptlib.io import write_json
 from comptlib.recipes import RECIPES
 
@@ -62,10 +69,18 @@ class Ladder:
     ablate: bool = False
     batch_size: int | None = None  # default: the recipe's
     val_batches: int | None = None  # held-out batches evaluated (default: all)
+    loaders: Callable[..., Loaders] | None = None  # (batch_size, train_size=) -> (train, val); default: the recipe's
+    train_size: int | None = None  # training examples kept: the data-limited, many-epoch regime
+    knee: int = 0  # doublings of budgets[0] tried for each baseline's knee (0: every model alone budgets[0])
+    options: bool = False  # ablate the recipe options (WSD, pre-decay growth, shrink-perturb...) instead
 
     def __attrs_post_init__(self) -> None:
         if len(self.budgets) != len(self.sizes):
             raise ValueError(f"ladder {self.name}: {len(self.budgets)} budgets for {len(self.sizes)} sizes")
+
+
+PARTS = ("chain", "ablations")
+"""After the baselines: the chain and its budget search; the ablations. A piece may run one of them."""
 
 
 @attrs.frozen
@@ -76,6 +91,12 @@ class Suite:
     scale: float
     ladders: tuple[str, ...]
     val_batches: int | None = None
+    train_size: int | None = None  # caps the ladders' training sets
+    knee: int | None = None  # caps the ladders' doublings
+    baseline_seeds: tuple[int, ...] = ()  # more seeds for the baselines' knee and targets (a piece of seeds)
+    parts: tuple[str, ...] = PARTS  # what runs after the baselines
+    batch_size: int | None = None  # caps the ladders' batch size (smoke runs only)
+    val_size: int | None = None  # held-out examples kept of each evaluated batch (smoke runs only)
 
 
 # Widths double at each step, as in the paper (ViT-T/S/B: 192/384/768); the largest model costs
@@ -90,25 +111,73 @@ LADDERS: dict[str, Ladder] = {
         "llama-3", "llama", ("16x2", "32x3", "64x4"), (300, 56, 38), 10, ablate=True, batch_size=16, val_batches=32
     ),
 }
+# Fashion-MNIST, data-limited: 10,000 training images (78 batches of 128 an epoch), many epochs; every
+# evaluation is the whole 10,000-image test set. Baselines at their knee among 156, 312, 624, 1248 steps
+# (2, 4, 8, 16 epochs); chain budgets in the paper's proportions of each model's knee. Timing probe, 2 shared
+# cores (2026-12-02), a step of 128 / an evaluation of the test set: ViT 64x2 0.39 s / 11 s, 80x3 0.82 s / 21 s,
+# 96x4 1.14 s / 24 s, 128x5 1.23 s / 38 s; ResNet 16x1 0.10 s / 2.3 s, 16x2 0.25 s / 5.4 s, 24x2 0.40 s / 7.1 s.
+# Hence, per seed, every budget of one size's knee search: ViT 64x2 19 min, 80x3 39, 96x4 52, 128x5 61; ResNet
+# 16x1 5, 16x2 12, 24x2 18. With the baselines kept, a chain + budget search + ablations on fashion-vit-3 is
+# about 2.3 h a seed at worst (no target reached): docs/benchmarks.md splits it into pieces.
+_FASHION = {"loaders": fashion_mnist_loaders, "train_size": 10_000, "knee": 3, "val_batches": None}
+LADDERS |= {
+    "fashion-vit-3": Ladder(
+        "fashion-vit-3", "fashion-vit", ("64x2", "80x3", "96x4"), (156, 29, 20), 26, options=True, **_FASHION
+    ),
+    "fashion-vit-4": Ladder(
+        "fashion-vit-4", "fashion-vit", ("64x2", "80x3", "96x4", "128x5"), (156, 29, 20, 20), 26, **_FASHION
+    ),
+    "fashion-resnet-3": Ladder(
+        "fashion-resnet-3", "fashion-resnet", ("16x1", "16x2", "24x2"), (156, 29, 20), 26, **_FASHION
+    ),
+}
 
 SUITES: dict[str, Suite] = {
-    "quick": Suite((0,), 0.02, tuple(LADDERS), val_batches=2),  # every code path in minutes: CI's smoke test
+    # every code path in minutes: CI's smoke test (fashion-vit-4 adds none: left out)
+    "quick": Suite(
+        (0,),
+        0.02,
+        tuple(k for k in LADDERS if k != "fashion-vit-4"),
+        val_batches=2,
+        train_size=256,
+        knee=1,
+        batch_size=16,
+        val_size=32,
+    ),
     "full": Suite((0, 1, 2), 1.0, tuple(LADDERS)),
 }
 
 
-def ablations(family: str) -> dict[str, dict[str, Any]]:
-    """The grown-stage settings each ablated ladder is retrained with, by label (``"default"`` first)."""
+def ablations(family: str, options: bool = False) -> dict[str, dict[str, Any]]:
+    """The grown-stage settings each ablated ladder is retrained with, by label (``"default"`` first).
+
+    ``options``: the recipe options of issue 17 instead of the paper's choices. ``fresh_first``
+    retrains the first model too (a WSD schedule changes it); ``drop_middle`` grows the largest model
+    from the smallest (about 4x the parameters a step instead of 2x).
+    """
     out: dict[str, dict[str, Any]] = {"default": {}}
-    out |= {"init: compt (paper's warm start)": {"grower": "compt"}, "init: none (distil only)": {"grower": None}}
-    out |= {
-        "transfer: none": {"transferer": None},
-        "transfer: feature MSE, decaying": {"transferer": FeatureMSE(schedule="linear")},
-        "transfer: logit KL, decaying": {"transferer": LogitKL(temperature=1.0, schedule="linear")},
-    }
-    for scale in (1.0, 0.5, 0.25):
-        for warmup, how in ((0.05, "re-warm"), (0.0, "no re-warm")):
-            out[f"grown LR x{scale:g}, {how}"] = {"grown_lr_scale": scale, "grown_warmup": warmup}
+    if options:
+        out |= {
+            "transfer: none": {"transferer": None},
+            "transfer: feature MSE to 0 over 40 % (KI)": {
+                "transferer": FeatureMSE(schedule="linear", decay_fraction=0.4)
+            },
+            "transfer: feature MSE x D/512": {"transferer": FeatureMSE(width_reference=512)},
+            "shrink 0.5, perturb 0.01": {"shrink": 0.5, "perturb": 0.01},
+            "noise on free entries, 10 dB": {"growth_snr_db": 10.0},
+            "schedule: wsd, grow from final": {"schedule": "wsd", "fresh_first": True},
+            "schedule: wsd, grow from pre-decay": {"schedule": "wsd", "grow_from": "pre_decay", "fresh_first": True},
+        }
+    else:
+        out |= {"init: compt (paper's warm start)": {"grower": "compt"}, "init: none (distil only)": {"grower": None}}
+        out |= {
+            "transfer: none": {"transferer": None},
+            "transfer: feature MSE, decaying": {"transferer": FeatureMSE(schedule="linear")},
+            "transfer: logit KL, decaying": {"transferer": LogitKL(temperature=1.0, schedule="linear")},
+        }
+        for scale in (1.0, 0.5, 0.25):
+            for warmup, how in ((0.05, "re-warm"), (0.0, "no re-warm")):
+                out[f"grown LR x{scale:g}, {how}"] = {"grown_lr_scale": scale, "grown_warmup": warmup}
     out["no middle model"] = {"drop_middle": True}
     # A variant that only restates the defaults is the default row, not a run of its own.
     return {k: v for k, v in out.items() if k == "default" or not _is_default(v, family)}
@@ -120,11 +189,14 @@ def _default_transferer(family: str) -> Any:
     return list_families()[family].transferer()
 
 
+_HARNESS = ("drop_middle", "fresh_first")
+"""Ablation keys the harness reads itself: not Chain settings."""
+
+
 def _is_default(settings: dict[str, Any], family: str) -> bool:
-    try:
-        variant = Chain([], **settings)
-    except ValueError:  # not a Chain setting (e.g. drop_middle)
+    if set(settings) & set(_HARNESS):
         return False
+    variant = Chain([], **settings)
     return _comparable(variant, family) == _comparable(Chain([]), family)
 
 
@@ -141,22 +213,38 @@ def _seeded_model(recipe: str, size: str, seed: int) -> nn.Module:
     return RECIPES[recipe].models((size,))[0]
 
 
-def _loaders(ladder: Ladder, val_batches: int | None) -> Loaders:
-    """The recipe's data with a fixed split (seed 0): seeds vary the init and the batch order only."""
+def _loaders(ladder: Ladder, suite: Suite) -> Loaders:
+    """The ladder's data with a fixed split (seed 0): seeds vary the init and the batch order only."""
     spec = RECIPES[ladder.recipe]
-    train, val = spec.loaders(ladder.batch_size or spec.batch_size, 0)
-    limits = [n for n in (ladder.val_batches, val_batches) if n is not None]
+    batch_size = min(n for n in (ladder.batch_size or spec.batch_size, suite.batch_size) if n is not None)
+    if ladder.loaders is None:
+        train, val = spec.loaders(batch_size, 0)
+    else:
+        sizes = [n for n in (ladder.train_size, suite.train_size) if n is not None]
+        train, val = ladder.loaders(batch_size, train_size=min(sizes) if sizes else None)
+    limits = [n for n in (ladder.val_batches, suite.val_batches) if n is not None]
     if limits:  # evenly spaced over the held-out set, so it still covers all of it
         batches = list(val)
         val = batches[:: max(len(batches) // min(limits), 1)][: min(limits)]
+    if suite.val_size is not None:
+        val = [_head(batch, suite.val_size) for batch in val]
     return train, val
+
+
+def _head(batch: Any, n: int) -> Any:
+    """The first ``n`` examples of a batch (a tensor, or a tuple, list or dict of them)."""
+    if isinstance(batch, dict):
+        return {k: _head(v, n) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_head(v, n) for v in batch)
+    return batch[:n]
 
 
 def _run(models: Sequence[nn.Module], train: Any, val: Any, **settings: Any) -> Chain:
     return Chain(list(models), progress=False, **settings).fit(train, val)
 
 
-def _summary(chain: Chain) -> list[dict[str, Any]]:
+def _summary(chain: Any) -> list[dict[str, Any]]:
     """Per model of a fitted chain: final and grown metric, steps, FLOPs, wall time, validation curve."""
     metric = chain.report_["metric"]
     rows = []
@@ -177,82 +265,196 @@ def _summary(chain: Chain) -> list[dict[str, Any]]:
     return rows
 
 
-def run_ladder(ladder: Ladder, suite: Suite, out: Path, alone_cache: dict[tuple, Chain], log: Callable) -> dict:
-    """Every run of one ladder, for every seed of the suite; plots of seed ``suite.seeds[0]``."""
+@attrs.frozen
+class Stored:
+    """A run alone as ``OUT/alone/`` keeps it: what the summaries and plots read of a fitted Chain."""
+
+    history_: list[dict[str, Any]]
+    report_: dict[str, Any]
+
+
+def _alone(ladder: Ladder, suite: Suite, data: Loaders, size: str, seed: int, budget: int, out: Path, log: Callable):
+    """``size`` trained alone for ``budget`` steps: from ``OUT/alone/`` when an earlier piece trained it."""
     spec = RECIPES[ladder.recipe]
-    budgets = [max(int(round(b * suite.scale)), 2) for b in ladder.budgets]
+    every = max(budget // 4, 1) if ladder.knee else 2 * max(int(round(ladder.eval_every * suite.scale)), 1)
+    limits = (ladder.batch_size, ladder.val_batches, suite.val_batches, ladder.train_size, suite.train_size, every)
+    limits += (suite.batch_size, suite.val_size, spec.lr)
+    path = out / "alone" / f"{ladder.recipe}-{size}-seed{seed}-{budget}steps-{zlib.crc32(repr(limits).encode()):08x}.json"
+    if path.exists():
+        return Stored(**json.loads(path.read_text()))
+    start = time.perf_counter()
+    settings = {"budgets": [budget], "names": [f"{ladder.recipe}-{size}"], "eval_every": every, "seed": seed}
+    chain = _run([_seeded_model(ladder.recipe, size, seed)], *data, unit="steps", lr=spec.lr, **settings)
+    write_json(path, {"history_": chain.history_, "report_": chain.report_})
+    log(f"{ladder.name} seed {seed}: {ladder.recipe}-{size} alone, {budget} steps ({time.perf_counter() - start:.0f} s)")
+    return chain
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _knee(ladder: Ladder, suite: Suite, data: Loaders, size: str, tried: list[int], out: Path, log: Callable):
+    """Baselines at the knee: the smallest tried budget at which doubling gains less than one seed-std.
+
+    Returns the curve (every budget trained, final metric per seed) and the runs at the knee; where no
+    doubling is that small the largest budget tried is the baseline (``found`` False).
+    """
+    higher = _family(ladder).higher_is_better
+    curve: list[list[float]] = []
+    previous: dict[int, Any] = {}
+    for k, budget in enumerate(tried):
+        runs = {seed: _alone(ladder, suite, data, size, seed, budget, out, log) for seed in _every_seed(suite)}
+        curve.append([r.report_["models"][0][r.report_["metric"]] for r in runs.values()])
+        gain = statistics.mean(curve[k]) - statistics.mean(curve[k - 1]) if k else None
+        if gain is not None and (gain if higher else -gain) < _std(curve[k - 1]):
+            return {"budgets": tried[: k + 1], "metrics": curve, "knee": tried[k - 1], "found": True}, previous
+        previous = runs
+    return {"budgets": tried, "metrics": curve, "knee": tried[-1], "found": False}, previous
+
+
+def _every_seed(suite: Suite) -> tuple[int, ...]:
+    """The seeds of the baselines: the chains' and ``baseline_seeds``."""
+    return tuple(dict.fromkeys([*suite.baseline_seeds, *suite.seeds]))
+
+
+def _family(ladder: Ladder) -> Any:
+    from comptlib.family import list_families
+
+    return list_families()[RECIPES[ladder.recipe].family]
+
+
+def _ratio(alone: Sequence[dict[str, Any]], chain: Chain) -> dict[str, float]:
+    """FLOPs of every model alone at its baseline budget over the chain's (every stage, teacher forwards too)."""
+    independent = sum(a["flops"] for a in alone)
+    flops = chain.report_["chain_flops"]
+    return {"chain_flops": flops, "independent_flops": independent, "acceleration_ratio": independent / flops}
+
+
+def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Sequence[str] | None = None) -> dict:
+    """Every run of one ladder, for every seed of the suite; plots of seed ``suite.seeds[0]``.
+
+    ``only``: train just these sizes' baselines (every budget of the knee search) and return nothing.
+    """
+    spec = RECIPES[ladder.recipe]
+    scaled = [max(int(round(b * suite.scale)), 2) for b in ladder.budgets]
     every = max(int(round(ladder.eval_every * suite.scale)), 1)
-    train, val = _loaders(ladder, suite.val_batches)
+    doublings = ladder.knee if suite.knee is None else min(ladder.knee, suite.knee)
+    tried = [scaled[0] * 2**k for k in range(doublings + 1)]
+    data = _loaders(ladder, suite)
+    if only is not None:
+        for size in (s for s in ladder.sizes if s in only):
+            for budget in tried:
+                for seed in _every_seed(suite):
+                    _alone(ladder, suite, data, size, seed, budget, out, log)
+        return {}
     names = [f"{ladder.recipe}-{s}" for s in ladder.sizes]
     common = {"unit": "steps", "lr": spec.lr, "grower": spec.grower("exact")}
-    result: dict[str, Any] = {"sizes": ladder.sizes, "budgets": budgets, "eval_every": every, "seeds": {}}
 
-    alone: dict[int, list[Chain]] = {}
-    for seed in suite.seeds:  # baselines first: the budget search needs their mean final metric
-        alone[seed] = []
-        for size, name in zip(ladder.sizes, names):
-            key = (ladder.recipe, size, seed, budgets[0], ladder.batch_size, ladder.val_batches, suite.val_batches)
-            if key not in alone_cache:
-                start = time.perf_counter()
-                model = _seeded_model(ladder.recipe, size, seed)
-                settings = common | {"budgets": [budgets[0]], "names": [name], "eval_every": 2 * every, "seed": seed}
-                alone_cache[key] = _run([model], train, val, **settings)
-                log(f"{ladder.name} seed {seed}: {name} alone ({time.perf_counter() - start:.0f} s)")
-            alone[seed].append(alone_cache[key])
+    knees, at_knee = {}, []
+    for size in ladder.sizes:  # baselines first: the budget search needs their mean final metric
+        knees[size], runs = _knee(ladder, suite, data, size, tried, out, log)
+        at_knee.append(runs)
+    alone = {seed: [runs[seed] for runs in at_knee] for seed in _every_seed(suite)}
+    base = [knees[s]["knee"] for s in ladder.sizes]  # each model's baseline budget
+    share = [b / ladder.budgets[0] for b in ladder.budgets]  # the paper's proportions, of each model's baseline
+    budgets = [base[0]] + [max(int(round(base[i] * share[i])), 2) for i in range(1, len(base))]
     metric = alone[suite.seeds[0]][0].report_["metric"]
     targets = [
-        statistics.mean(alone[s][i].report_["models"][0][metric] for s in suite.seeds) for i in range(len(names))
+        statistics.mean(alone[s][i].report_["models"][0][metric] for s in alone) for i in range(len(names))
     ]
+    result: dict[str, Any] = {"sizes": ladder.sizes, "budgets": budgets, "baselines": base, "eval_every": every}
+    result |= {"knees": knees, "seeds": {}}
+    if ladder.knee:
+        _plot_knees(ladder.name, knees, metric, out / f"{ladder.name}-knee.png")
 
     for seed in suite.seeds:
         start = time.perf_counter()
         models = [_seeded_model(ladder.recipe, size, seed) for size in ladder.sizes]
-        chain = _run(models, train, val, budgets=budgets, names=names, eval_every=every, seed=seed, **common)
-        runs = {"alone": [_summary(c)[0] for c in alone[seed]], "chain": _summary(chain)}
-        runs["chain_report"] = {k: chain.report_[k] for k in ("chain_flops", "independent_flops", "acceleration_ratio")}
+        runs: dict[str, Any] = {"alone": [_summary(c)[0] for c in alone[seed]]}
+        run_with = {"names": names, "eval_every": every, "seed": seed, **common}
+        if "chain" in suite.parts:
+            chain = _run(models, *data, budgets=budgets, **run_with)
+            runs |= {"chain": _summary(chain), "chain_report": _ratio(runs["alone"], chain)}
+            if seed == suite.seeds[0]:
+                plot(chain, alone[seed], out / f"{ladder.name}.png")
+            first = chain.models_[0]
+        else:  # the chain's first stage alone: the same steps, so the same model
+            first = _run(models[:1], *data, budgets=budgets[:1], **(run_with | {"names": names[:1]})).models_[0]
         log(f"{ladder.name} seed {seed}: chain ({time.perf_counter() - start:.0f} s)")
-        if seed == suite.seeds[0]:
-            plot(chain, alone[seed], out / f"{ladder.name}.png")
 
         # The grown stages again, from the chain's trained first model: same data, other settings.
-        first = chain.models_[0]
-        grown = {"baseline_budget": budgets[0], "first_trained": True, "seed": seed}
-        start = time.perf_counter()
-        search = _run(
-            [first, *models[1:]],
-            train,
-            val,
-            names=names,
-            eval_every=every,
-            targets=[None, *targets[1:]],
-            **(common | grown | {"budgets": [0] + [budgets[0]] * (len(names) - 1)}),
-        )
-        runs["search"] = _summary(search)
-        runs["search_report"] = {k: search.report_[k] for k in ("chain_flops", "acceleration_ratio")}
-        log(f"{ladder.name} seed {seed}: budget search ({time.perf_counter() - start:.0f} s)")
+        grown = {"baseline_budget": base[0], "first_trained": True, "seed": seed}
+        if "chain" in suite.parts:
+            start = time.perf_counter()
+            search = _run(
+                [first, *models[1:]],
+                *data,
+                targets=[None, *targets[1:]],
+                **(run_with | grown | {"budgets": [0, *base[1:]]}),
+            )
+            runs |= {"search": _summary(search), "search_report": _ratio(runs["alone"], search)}
+            log(f"{ladder.name} seed {seed}: budget search ({time.perf_counter() - start:.0f} s)")
 
-        if ladder.ablate:
-            family = family_of(models[0]).name
+        if (ladder.ablate or ladder.options) and "ablations" in suite.parts:
             runs["ablations"] = {}
-            for label, settings in ablations(family).items():
+            for label, settings in ablations(spec.family, ladder.options).items():
                 start = time.perf_counter()
                 settings = dict(settings)
                 keep = [0, len(names) - 1] if settings.pop("drop_middle", False) else list(range(len(names)))
+                fresh = settings.pop("fresh_first", False)  # a WSD schedule changes the first model too
+                head = [models[0] if fresh else first, *[models[i] for i in keep[1:]]]
+                stages = [budgets[0] if fresh else 0, *[budgets[i] for i in keep[1:]]]
                 run = _run(
-                    [first, *[models[i] for i in keep[1:]]],
-                    train,
-                    val,
+                    head,
+                    *data,
                     names=[names[i] for i in keep],
                     eval_every=every,
-                    **(common | grown | {"budgets": [0, *[budgets[i] for i in keep[1:]]]} | settings),
+                    **(common | ({"seed": seed} if fresh else grown) | {"budgets": stages} | settings),
                 )
                 runs["ablations"][label] = {"models": _summary(run), "chain_flops": run.report_["chain_flops"]}
                 log(f"{ladder.name} seed {seed}: {label} ({time.perf_counter() - start:.0f} s)")
         result["seeds"][seed] = runs
     result["metric"] = metric
-    result["higher_is_better"] = family_of(alone[suite.seeds[0]][0].models_[0]).higher_is_better
+    result["higher_is_better"] = _family(ladder).higher_is_better
     result["targets"] = targets
     return result
+
+
+def _plot_knees(name: str, knees: dict[str, Any], metric: str, path: Path) -> None:
+    """The baselines' held-out metric against their budget (mean ± std over seeds), the knee circled."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    from comptlib.io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for size, knee in knees.items():
+        means = [statistics.mean(m) for m in knee["metrics"]]
+        line = ax.errorbar(knee["budgets"], means, yerr=[_std(m) for m in knee["metrics"]], fmt="-o", label=size)
+        at = knee["budgets"].index(knee["knee"])
+        ax.plot([knee["knee"]], [means[at]], "o", markersize=12, fillstyle="none", color=line[0].get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("steps trained alone")
+    ax.set_ylabel(f"held-out {metric}")
+    ax.set_title(f"{name}: each model alone, its knee circled")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def _merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A ladder rerun for some seeds or one part keeps what an earlier run of the same budgets has of the rest."""
+    same = old is not None and all(old.get(k) == new[k] for k in ("budgets", "baselines", "targets"))
+    seeds = {int(k): v for k, v in old["seeds"].items()} if same else {}
+    for seed, runs in new["seeds"].items():  # a part rerun for a seed replaces that part only
+        seeds[seed] = seeds.get(seed, {}) | runs
+    return new | {"seeds": dict(sorted(seeds.items()))}
 
 
 def machine() -> dict[str, Any]:
@@ -273,8 +475,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--suite", choices=tuple(SUITES), default="quick")
     parser.add_argument("--ladders", help=f"comma-separated subset of {', '.join(LADDERS)}")
     parser.add_argument("--seeds", help="comma-separated seeds [default: the suite's]")
+    parser.add_argument(
+        "--baseline-seeds", help="comma-separated seeds the baselines' knee and targets also average over"
+    )
     parser.add_argument("--out", type=Path, help="output directory [default: benchmarks/results/SUITE]")
     parser.add_argument("--merge", action="store_true", help="keep the other ladders of an earlier OUT/results.json")
+    parser.add_argument("--report", action="store_true", help="run nothing: the report of OUT/results.json")
+    parser.add_argument("--part", choices=PARTS, help="only the chain and budget search, or only the ablations")
+    parser.add_argument(
+        "--alone", help="comma-separated sizes: only train their baselines (kept in OUT/alone/) and stop"
+    )
     parser.add_argument(
         "--docs", type=Path, nargs="?", const=Path("docs"), help="also write DOCS/benchmarks.md and its plots [docs]"
     )
@@ -287,6 +497,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         suite = attrs.evolve(suite, ladders=tuple(args.ladders.split(",")))
     if args.seeds:
         suite = attrs.evolve(suite, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    if args.part:
+        suite = attrs.evolve(suite, parts=(args.part,))
+    if args.baseline_seeds:
+        suite = attrs.evolve(suite, baseline_seeds=tuple(int(s) for s in args.baseline_seeds.split(",")))
     out = args.out or Path("benchmarks/results") / args.suite
     out.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)
@@ -302,13 +516,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     earlier = out / "results.json"
     if args.merge and earlier.exists():  # e.g. one ladder rerun: the others stay as they were
         old = json.loads(earlier.read_text())
-        results["ladders"] = {k: v for k, v in old["ladders"].items() if k not in suite.ladders}
+        results["ladders"] = dict(old["ladders"])
         results["command"] = f"{old['command']}; {results['command']}"
         results["settings"]["ladders"] = tuple(dict.fromkeys([*old["settings"]["ladders"], *suite.ladders]))
         began -= old["elapsed"]
-    alone_cache: dict[tuple, Chain] = {}
+    if args.report:  # the pieces are merged: only the tables, plots and docs page
+        from benchmarks.report import write_report
+
+        write_report(json.loads(earlier.read_text()), out, docs=args.docs)
+        return results
+    if args.alone:  # a piece of baselines: the ladder's later run reads them from OUT/alone/
+        for name in suite.ladders:
+            run_ladder(LADDERS[name], suite, out, log, only=args.alone.split(","))
+        log(f"done: baselines of {args.alone} in {out / 'alone'}")
+        return results
     for name in suite.ladders:
-        results["ladders"][name] = run_ladder(LADDERS[name], suite, out, alone_cache, log)
+        ladder = run_ladder(LADDERS[name], suite, out, log)
+        results["ladders"][name] = _merge_seeds(results["ladders"].get(name), ladder)
         results["elapsed"] = time.perf_counter() - began
         write_json(earlier, results)  # after every ladder: a crash loses one ladder at most
 

@@ -32,10 +32,13 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from comptlib.checkpoint import load_partial, position, save_partial, save_stage, trim_metrics
 from comptlib.io import append_jsonl
@@ -95,6 +98,47 @@ class Evaluation(Callback):
         value = metrics[stage.family.metric]
         stage.reached = value >= stage.target if stage.family.higher_is_better else value <= stage.target
         stage.stop = stage.stop or stage.reached
+
+
+class PreDecaySnapshot(Callback):
+    """Keeps a copy of each stage's student where its LR decay begins, as ``stage.snapshot``.
+
+    ``Chain(grow_from="pre_decay")`` grows the next model from it: exact growth
+    then hands over weights that can still move (not annealed into a sharp
+    minimum), while the predecessor's decay goes on to give its final model,
+    the teacher. The copy costs no step; the decay's steps are the
+    predecessor's own, counted in its stage.
+    """
+
+    def on_step_end(self, stage: Stage) -> None:
+        if stage.step == stage.optim.decay_start(stage.total):
+            with stage.trainee.gathered() as model:
+                stage.snapshot = copy.deepcopy(model).eval()
+
+
+class ShrinkPerturb(Callback):
+    """Shrink-and-perturb a grown model right after growth: ``W <- shrink * W + perturb * N(0, 1)``.
+
+    Ash & Adams (2020, "On Warm-Starting Neural Network Training"): a warm start
+    generalises worse than a fresh one, and shrinking the inherited weights
+    while adding a little noise closes most of that gap. Only matrices
+    (``dim >= 2``) change: norms and biases set scales, not features. The
+    noise has its own generator, seeded by ``seed`` and the stage, so the data
+    order stays that of the chain without it.
+    """
+
+    def __init__(self, shrink: float, perturb: float, seed: int) -> None:
+        self.shrink, self.perturb, self.seed = shrink, perturb, seed
+
+    @torch.no_grad()
+    def on_stage_start(self, stage: Stage) -> None:
+        if stage.teacher is None or stage.resume_from is not None:  # not grown, or its trained state is loaded
+            return
+        gen = torch.Generator().manual_seed(self.seed + stage.index)
+        for param in stage.student.parameters():
+            if param.dim() >= 2:
+                noise = torch.randn(param.shape, generator=gen, dtype=param.dtype)
+                param.mul_(self.shrink).add_(noise.to(param.device), alpha=self.perturb)
 
 
 class MetricsLog(Callback):

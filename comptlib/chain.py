@@ -18,7 +18,16 @@ import torch
 from sklearn.base import BaseEstimator
 from torch import nn
 
-from comptlib.callbacks import Callback, Checkpointer, Evaluation, FlopCounter, MetricsLog, ProgressBar
+from comptlib.callbacks import (
+    Callback,
+    Checkpointer,
+    Evaluation,
+    FlopCounter,
+    MetricsLog,
+    PreDecaySnapshot,
+    ProgressBar,
+    ShrinkPerturb,
+)
 from comptlib.checkpoint import (
     DataStream,
     describe,
@@ -43,6 +52,9 @@ from comptlib.transferer import Transferer
 PAPER_BUDGETS = (8.0, 1.5, 1.0)
 """CoM-PT's CC3M budgets 128 -> 24 -> 16 -> 16 epochs, divided by 16; later models repeat the last."""
 _DEFAULT = ChainSettings()
+_DEFAULT_OPTIM = Optim()
+_GROWTH = ("grow_from", "shrink", "perturb", "growth_snr_db")
+"""Settings of how a grown model starts: part of its signature when not at their defaults."""
 _SHORTHAND = {f.name: group for group, cls in (("optim", Optim), ("runtime", Runtime)) for f in attrs.fields(cls)}
 """``Chain(lr=...)`` is ``Chain(optim=Optim(lr=...))``; likewise for every Optim and Runtime field."""
 
@@ -101,6 +113,17 @@ class Chain(BaseEstimator):
         with a :class:`~comptlib.errors.DivergenceError` naming the model and the
         step (``"stop"``), or skips that update up to ``max_skips`` times per
         stage (``"skip"``). Nothing non-finite is saved or logged.
+    grow_from : ``"final"`` grows each model from its predecessor's final
+        weights; ``"pre_decay"`` (with ``Optim(schedule="wsd")``) from its
+        weights where its LR decay began, while the decay runs on to give the
+        final model, which stays the distillation teacher (the better model;
+        a teacher from before the decay would only be a noisier one).
+    shrink, perturb : shrink-and-perturb right after growth (Ash & Adams
+        2020): a grown model's matrices become ``shrink * W + perturb * N(0, 1)``
+        (:class:`~comptlib.callbacks.ShrinkPerturb`); 1 and 0 leave them as grown.
+    growth_snr_db : Gaussian noise on the entries exact growth leaves free, at
+        this signal-to-noise ratio in dB (HyperCloning uses about 10); for a
+        grower given by name (``"auto"``, ``"exact"``...).
     callbacks : :class:`~comptlib.callbacks.Callback` objects called after the
         built-in ones at each point of ``fit`` (see :mod:`comptlib.callbacks`).
     **shorthand : any :class:`Optim` or :class:`Runtime` field by itself:
@@ -151,6 +174,10 @@ class Chain(BaseEstimator):
         lora_rank: int = _DEFAULT.lora_rank,
         on_nonfinite: str = _DEFAULT.on_nonfinite,
         max_skips: int = _DEFAULT.max_skips,
+        grow_from: str = _DEFAULT.grow_from,
+        shrink: float = _DEFAULT.shrink,
+        perturb: float = _DEFAULT.perturb,
+        growth_snr_db: float | None = _DEFAULT.growth_snr_db,
         callbacks: Sequence[Callback] = (),
         **shorthand: Any,
     ) -> None:
@@ -176,6 +203,10 @@ class Chain(BaseEstimator):
         self.lora_rank = lora_rank
         self.on_nonfinite = on_nonfinite
         self.max_skips = max_skips
+        self.grow_from = grow_from
+        self.shrink = shrink
+        self.perturb = perturb
+        self.growth_snr_db = growth_snr_db
         self.callbacks = callbacks
         if shorthand:
             self.set_params(**shorthand)
@@ -235,7 +266,8 @@ class Chain(BaseEstimator):
             if g is None or isinstance(g, Grower):
                 growers.append(g)
             elif g == "auto" or g in METHODS:
-                growers.append(family.grower("exact" if g == "auto" else g, seed=self.seed))
+                noise = {} if self.growth_snr_db is None else {"noise": 10 ** (-self.growth_snr_db / 20)}
+                growers.append(family.grower("exact" if g == "auto" else g, seed=self.seed, **noise))
             else:
                 raise ValueError(f"grower must be 'auto', one of {METHODS}, a Grower or None, got {g!r}")
         return growers
@@ -306,6 +338,10 @@ class Chain(BaseEstimator):
                 raise ValueError(f"targets has {len(self.targets)} entries for {len(self.models)} models")
             if self.eval_every <= 0:
                 raise ValueError("targets need eval_every > 0: a stage can only stop where it is evaluated")
+        if self.grow_from == "pre_decay" and self.optim.schedule != "wsd":
+            raise ValueError("grow_from='pre_decay' needs a decay to grow before: set Optim(schedule='wsd')")
+        if self.grow_from == "pre_decay" and self.inherited == "lora":
+            raise ValueError("grow_from='pre_decay' grows from a snapshot, which inherited='lora' does not support")
         growers = self._growers(family)
         for i, grower in enumerate(growers, start=1):
             if grower is None:
@@ -372,6 +408,10 @@ class Chain(BaseEstimator):
             hooks.append(Checkpointer(self.checkpoint_every, self.resume, world.main))
             if world.main:
                 hooks.append(MetricsLog(run))
+        if (self.shrink, self.perturb) != (_DEFAULT.shrink, _DEFAULT.perturb):
+            hooks.append(ShrinkPerturb(self.shrink, self.perturb, self.seed))  # after Checkpointer: resume is known
+        if self.grow_from == "pre_decay":
+            hooks.append(PreDecaySnapshot())
         if self.progress and world.main:
             hooks.append(ProgressBar())
         return hooks + list(self.callbacks)
@@ -397,6 +437,7 @@ class Chain(BaseEstimator):
         self.models_: list[nn.Module] = []
         self.history_: list[dict[str, Any]] = []
         costs: list[StageCost] = []
+        source: nn.Module | None | str = None  # what the next model grows from (None: the last one's final weights)
         parent: str | None = None
         for hook in hooks:
             hook.on_fit_start(self)
@@ -420,6 +461,12 @@ class Chain(BaseEstimator):
                     torch.set_rng_state(state["rng"])
                 else:
                     grown = i > 0
+                    if source == "lost":
+                        raise ValueError(
+                            f"{names[i - 1]} comes from a checkpoint past the start of its LR decay, so the snapshot "
+                            f"grow_from='pre_decay' grows {names[i]} from is not there: rerun {names[i - 1]} "
+                            "(or the chain) without resume"
+                        )
                     lora = grown and self.inherited == "lora" and growers[i - 1] is not None
                     stage = Stage(
                         i,
@@ -436,6 +483,7 @@ class Chain(BaseEstimator):
                         self.runtime,
                         hooks,
                         teacher=self.models_[i - 1] if grown else None,
+                        source=source,
                         grower=growers[i - 1] if grown else None,
                         transfer=transferers[i - 1] if grown else None,
                         lora_rank=self.lora_rank if lora else None,
@@ -447,11 +495,14 @@ class Chain(BaseEstimator):
                         max_skips=self.max_skips,
                     )
                     student = stage.run()
+                    source = stage.snapshot
                     record = stage.record
                     record |= {"signature": sig, "parent": names[i - 1] if i else None, "settings": settings}
                     record["weights_sha256"] = weights_hash(student)
                     for hook in hooks:
                         hook.on_stage_end(stage)
+                if self.grow_from == "pre_decay" and source is None:
+                    source = self._unless_decayed(record, steps[i])
                 costs.append(StageCost(**record["cost"]))
                 self.models_.append(student.eval())
                 self.history_.append(record)
@@ -469,11 +520,22 @@ class Chain(BaseEstimator):
         self.ledger_ = Ledger(tuple(costs))
         self.report_ = self._report(family, baseline_samples)
 
+    def _unless_decayed(self, record: dict[str, Any], total: int) -> str | None:
+        """Without a snapshot, the final weights are the pre-decay ones if the stage stopped before its decay
+        (the budget search, a pre-trained first model); a stage resumed past it has lost its snapshot."""
+        trained = record["trained"] and record["steps"] > self.optim.decay_start(total)
+        return "lost" if trained else None
+
     def _stage_settings(self, i: int) -> dict[str, Any]:
-        """What stage ``i`` trains with, as plain data (part of its checkpoint signature)."""
+        """What stage ``i`` trains with, as plain data (part of its checkpoint signature).
+
+        Settings at their defaults are left out where they were added later, so older lineages stay valid.
+        """
         grown = i > 0
         lr, warmup = self.optim.peak(grown)
-        optim = {k: v for k, v in attrs.asdict(self.optim).items() if not k.startswith("grown_")}
+        later = ("schedule", "decay") if self.optim.schedule == _DEFAULT_OPTIM.schedule else ()
+        optim = {k: v for k, v in attrs.asdict(self.optim).items() if not k.startswith("grown_") and k not in later}
+        growth = {k: getattr(self, k) for k in _GROWTH if grown and getattr(self, k) != getattr(_DEFAULT, k)}
         return (
             optim
             | {
@@ -484,6 +546,7 @@ class Chain(BaseEstimator):
                 "inherited": f"lora-{self.lora_rank}" if grown and self.inherited == "lora" else "full",
                 "target": self.targets[i] if self.targets is not None else None,
             }
+            | growth
             | self._numerics()
         )
 

@@ -103,6 +103,12 @@ class RunConfig:
     )
     on_nonfinite: str = declared(ChainSettings, "on_nonfinite")
     max_skips: int = declared(ChainSettings, "max_skips")
+    schedule: str = declared(Optim, "schedule")
+    decay: float = declared(Optim, "decay")
+    grow_from: str = declared(ChainSettings, "grow_from")
+    shrink: float = declared(ChainSettings, "shrink")
+    perturb: float = declared(ChainSettings, "perturb")
+    growth_snr_db: float | None = declared(ChainSettings, "growth_snr_db")
 
     def __attrs_post_init__(self) -> None:
         _sizes(self.recipe, self.sizes)

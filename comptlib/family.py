@@ -73,8 +73,10 @@ class Family:
     >>> import comptlib
     >>> from comptlib.families.vit import build_vit
     >>> vit = comptlib.list_families()["vit"]
-    >>> vit.grower.__name__, vit.metric, vit.higher_is_better, vit.transferer()
-    ('ViTGrower', 'accuracy', True, FeatureMSE(weight=500.0, schedule='constant', decay_steps=None, normalize=True, projector='auto'))
+    >>> vit.grower.__name__, vit.metric, vit.higher_is_better, vit.transferer().weight
+    ('ViTGrower', 'accuracy', True, 500.0)
+    >>> vit.transferer()  # doctest: +ELLIPSIS
+    FeatureMSE(weight=500.0, schedule='constant', decay_steps=None, decay_fraction=None, normalize=True, ...)
     >>> vit.dims(build_vit(64, 3))["num_heads"]
     4
     """

@@ -138,7 +138,14 @@ def unique_names(field: str, value: Any) -> None:
         raise ConfigError(field, "distinct names (each model has its own folder)", value)
 
 
+def open_fraction(field: str, value: Any) -> None:
+    if not 0.0 < number(field, value) < 1.0:
+        raise ConfigError(field, "in (0, 1)", value)
+
+
 # -- the declarations -----------------------------------------------------------
+SCHEDULES = ("cosine", "wsd")
+
 class _Params:
     """scikit-learn's view of a frozen settings group: nested ``optim__lr`` keys, cloned as itself."""
 
@@ -151,11 +158,16 @@ class _Params:
 
 @attrs.frozen(kw_only=True)
 class Optim(_Params):
-    """The optimiser (a fresh AdamW per stage) and its warm-up + cosine schedule.
+    """The optimiser (a fresh AdamW per stage) and its per-stage schedule: warm-up, then cosine or WSD.
 
     ``warmup`` is a fraction of the stage's steps. Grown models train at
     ``lr * grown_lr_scale`` re-warmed over ``grown_warmup``; the defaults (the
     first model's peak, 5 %) won the ablation in ``docs/benchmarks.md``.
+    ``schedule="wsd"`` (warmup-stable-decay) holds the peak and decays
+    linearly to ``min_lr_ratio`` over the last ``decay`` of the stage's steps:
+    the weights before the decay are a model to grow from
+    (``Chain(grow_from="pre_decay")``), and a stage cut short by the budget
+    search has trained at its peak rather than at a half-decayed rate.
     """
 
     lr: float = setting(1e-3, "Peak learning rate of the first model.", positive, cli=float)
@@ -168,6 +180,15 @@ class Optim(_Params):
     )
     grown_lr_scale: float = setting(1.0, "Peak-LR multiplier of grown models.", positive)
     grown_warmup: float = setting(0.05, "Warm-up of grown models, a fraction of their steps.", fraction)
+    schedule: str = setting(
+        "cosine", "After the warm-up: cosine decay, or wsd (constant peak, then a linear decay).", one_of(*SCHEDULES),
+        cli=str,
+    )
+    decay: float = setting(0.2, "With schedule=wsd: the decay's share of each stage's steps.", open_fraction, cli=float)
+
+    def decay_start(self, total: int) -> int:
+        """The step at which a stage of ``total`` steps starts decaying (``total``: never, under cosine)."""
+        return total - int(round(self.decay * total)) if self.schedule == "wsd" else total
 
     def peak(self, grown: bool) -> tuple[float, float]:
         """The peak learning rate and warm-up fraction of a stage."""
@@ -175,6 +196,7 @@ class Optim(_Params):
 
 
 STRATEGIES = ("ddp", "fsdp")
+GROW_FROM = ("final", "pre_decay")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TEACHER_DTYPES = (None, "bf16")
 
@@ -240,6 +262,26 @@ class ChainSettings:
         cli=str,
     )
     max_skips: int = setting(0, "With on_nonfinite=skip: steps a stage may skip before it stops.", integer(0), cli=int)
+    grow_from: str = setting(
+        "final",
+        "Grow each model from its predecessor's final weights, or (pre_decay, needs schedule=wsd) from its weights "
+        "where its LR decay began; the teacher is the final model either way.",
+        one_of(*GROW_FROM),
+        cli=str,
+    )
+    shrink: float = setting(
+        1.0, "Shrink-and-perturb after growth: multiply a grown model's matrices by this.", fraction, cli=float
+    )
+    perturb: float = setting(
+        0.0, "Shrink-and-perturb after growth: add Gaussian noise of this std to its matrices.", non_negative, cli=float
+    )
+    growth_snr_db: float | None = setting(
+        None,
+        "Noise on the entries exact growth leaves free, at this signal-to-noise ratio in dB (e.g. 10); "
+        "only for a grower given by name.",
+        optional(number),
+        cli=float,
+    )
 
 
 def declared(cls: type, name: str, **override: Any) -> Any:

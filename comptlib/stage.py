@@ -33,12 +33,20 @@ from comptlib.settings import Optim, Runtime
 from comptlib.transferer import Transferer, freeze
 
 
-def _lr_lambda(total: int, warmup: int, floor: float):
-    """Linear warm-up to 1, then cosine decay to ``floor``."""
+def lr_factor(total: int, warmup: int, floor: float, decay_start: int | None = None):
+    """The LR multiplier of each step: linear warm-up to 1, then a cosine decay to ``floor``.
+
+    With ``decay_start`` (warmup-stable-decay): 1 up to that step, then a linear
+    decay whose every step is below the peak and above ``floor`` (reached at
+    step ``total``, one past the last), so no step is spent at a rate of 0.
+    """
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if decay_start is not None:
+            progress = (step + 1 - decay_start) / (total + 1 - decay_start)
+            return 1.0 if step < decay_start else floor + (1.0 - floor) * (1.0 - min(progress, 1.0))
         progress = (step - warmup) / max(total - warmup, 1)
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
@@ -78,6 +86,7 @@ class Stage:
     runtime: Runtime
     callbacks: Sequence[Callback]
     teacher: nn.Module | None = None
+    source: nn.Module | None = None  # what the student grows from, when not the teacher (grow_from="pre_decay")
     grower: Grower | None = None
     transfer: Transferer | None = None
     lora_rank: int | None = None  # train the inherited weights through LoRA of this rank
@@ -92,6 +101,7 @@ class Stage:
     phase: str = "grown"  # "grown" (before training), "train", "end"
     stop: bool = False
     reached: bool = False
+    snapshot: nn.Module | None = None  # the student where its LR decay began, kept by PreDecaySnapshot
     resume_from: dict[str, Any] | None = None
     flops: list[float] = attrs.Factory(lambda: [0.0, 0.0])  # per sample: student step, teacher forward
     samples: int = 0
@@ -160,11 +170,12 @@ class Stage:
         if self.teacher is None:
             return
         self.teacher = freeze(self.teacher)
+        source = self.teacher if self.source is None else freeze(self.source)
         if self.grower is not None:
-            self.grower.grow(self.teacher, self.student)
-            self.fmap = self.grower.feature_map(self.teacher, self.student)
+            self.grower.grow(source, self.student)
+            self.fmap = self.grower.feature_map(source, self.student)
         if self.lora_rank is not None:
-            masks = inherited_masks(self.grower, self.teacher, copy.deepcopy(self.template).to(self.device))
+            masks = inherited_masks(self.grower, source, copy.deepcopy(self.template).to(self.device))
             attach_lora(self.student, masks, self.lora_rank)
 
     def _setup(self) -> None:
@@ -186,7 +197,8 @@ class Stage:
         self.params = self.trainee.parameters() + self.transfer_params
         lr, warmup = self.optim.peak(grown=self.index > 0)
         self.opt = _optimizer(self.params, lr, self.optim.weight_decay, self.optim.betas)
-        schedule = _lr_lambda(self.total, int(round(warmup * self.total)), self.optim.min_lr_ratio)
+        wsd = self.optim.decay_start(self.total) if self.optim.schedule == "wsd" else None
+        schedule = lr_factor(self.total, int(round(warmup * self.total)), self.optim.min_lr_ratio, wsd)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
         if self.resume_from is not None:
             self.load_state_dict(self.resume_from)

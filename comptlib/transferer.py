@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comptlib.errors import ConfigError
 from comptlib.family import Outputs
-from comptlib.settings import flag, integer, non_negative, one_of, optional, positive, setting
+from comptlib.settings import flag, fraction, integer, non_negative, one_of, optional, positive, setting
 
 SCHEDULES: tuple[str, ...] = ("constant", "linear", "cosine")
 PROJECTORS: tuple[str, ...] = ("auto", "linear", "fixed")
@@ -38,6 +39,21 @@ class TransferConfig:
     weight: float = setting(1.0, "Loss weight.", non_negative)
     schedule: str = setting("constant", "constant, linear or cosine decay of the weight.", one_of(*SCHEDULES))
     decay_steps: int | None = setting(None, "Steps the decay runs over (None: the stage).", optional(integer(1)))
+    decay_fraction: float | None = setting(
+        None, "Or the share of the stage the decay runs over (Knowledge Inheritance: 0.4).", optional(fraction)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.decay_steps is not None and self.decay_fraction is not None:
+            raise ConfigError("decay_fraction: give decay_steps or decay_fraction, not both")
+
+    def span(self, total: int) -> int:
+        """The steps the weight decays over in a stage of ``total`` steps."""
+        if self.decay_steps is not None:
+            return self.decay_steps
+        if self.decay_fraction is not None:
+            return max(int(round(self.decay_fraction * total)), 1)
+        return max(total, 1)
 
 
 @attrs.frozen(kw_only=True)
@@ -45,6 +61,11 @@ class FeatureMSEConfig(TransferConfig):
     weight: float = setting(500.0, "Loss weight (the paper's 500).", non_negative)
     normalize: bool = setting(True, "L2-normalise both features first.", flag)
     projector: str = setting("auto", "auto, linear or fixed (the grower's feature map).", one_of(*PROJECTORS))
+    width_reference: int | None = setting(
+        None,
+        "Scale the loss by feature width D / this (e.g. 512): the weight then means the same at every width.",
+        optional(integer(1)),
+    )
 
     def build(self) -> FeatureMSE:
         return FeatureMSE(**attrs.asdict(self))
@@ -78,7 +99,8 @@ class Transferer(nn.Module, abc.ABC):
 
     ``schedule`` is ``"constant"``, ``"linear"`` (decay to 0, Knowledge
     Inheritance style) or ``"cosine"``; the decay runs over ``decay_steps``,
-    or over the whole stage when it is ``None``. Subclasses implement
+    or ``decay_fraction`` of the stage (Knowledge Inheritance: linear to 0
+    over the first 40 %), or the whole stage when both are ``None``. Subclasses implement
     :meth:`divergence`, and :meth:`setup` when they own trainable parts.
 
     Examples
@@ -137,15 +159,15 @@ class Transferer(nn.Module, abc.ABC):
         c = self.config
         if c.schedule == "constant":
             return c.weight
-        span = c.decay_steps or max(total, 1)
-        frac = min(step / span, 1.0)
+        frac = min(step / c.span(total), 1.0)
         if c.schedule == "linear":
             return c.weight * (1.0 - frac)
         return c.weight * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     def extra_repr(self) -> str:
         own = attrs.asdict(self.config, recurse=False)
-        settings = {k: own.pop(k) for k in ("weight", "schedule", "decay_steps")} | own  # the shared ones first
+        shared = [f.name for f in attrs.fields(TransferConfig)]
+        settings = {k: own.pop(k) for k in shared} | own  # the shared ones first
         return ", ".join(f"{k}={v!r}" for k, v in settings.items())
 
     def setup(self, student: Outputs, teacher: Outputs, feature_map: torch.Tensor | None = None) -> None:
@@ -207,8 +229,18 @@ class FeatureMSE(Transferer):
         projector: str = "auto",
         schedule: str = "constant",
         decay_steps: int | None = None,
+        decay_fraction: float | None = None,
+        width_reference: int | None = None,
     ) -> None:
-        super().__init__(weight, schedule, decay_steps, normalize=normalize, projector=projector)
+        super().__init__(
+            weight,
+            schedule,
+            decay_steps,
+            decay_fraction=decay_fraction,
+            normalize=normalize,
+            projector=projector,
+            width_reference=width_reference,
+        )
         self.proj: nn.Linear | None = None
         self.register_buffer("fixed_map", None)
 
@@ -236,7 +268,9 @@ class FeatureMSE(Transferer):
             raise ValueError(f"student features have {s.shape[-1]} dims, teacher {t.shape[-1]}; call setup first")
         if self.config.normalize:
             s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
-        return F.mse_loss(s, t)
+        loss = F.mse_loss(s, t)
+        # the mean over D entries of unit vectors shrinks as 1/D: times D / reference, a row's squared distance
+        return loss * (t.shape[-1] / self.config.width_reference) if self.config.width_reference else loss
 
 
 class LogitKL(Transferer):
@@ -272,8 +306,9 @@ class LogitKL(Transferer):
         temperature: float = 2.0,
         schedule: str = "constant",
         decay_steps: int | None = None,
+        decay_fraction: float | None = None,
     ) -> None:
-        super().__init__(weight, schedule, decay_steps, temperature=temperature)
+        super().__init__(weight, schedule, decay_steps, decay_fraction=decay_fraction, temperature=temperature)
 
     def divergence(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
         s = _valid(student.logits, student.mask)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from benchmarks.report import END, START, write_report
-from benchmarks.run import LADDERS, ablations, main
+from benchmarks.run import LADDERS, SUITES, ablations, main
 
 
 @pytest.fixture(scope="module")
@@ -20,20 +20,33 @@ def quick(tmp_path_factory):
 
 def test_every_ladder_runs_both_ways_with_a_budget_search(quick) -> None:
     results = json.loads((quick / "out" / "results.json").read_text())
-    assert set(results["ladders"]) == set(LADDERS)
+    assert set(results["ladders"]) == set(SUITES["quick"].ladders) >= {"fashion-vit-3", "fashion-resnet-3"}
     assert results["machine"]["cpu_count"] and results["command"].startswith("python -m benchmarks.run --suite quick")
     for name, ladder in results["ladders"].items():
         runs = ladder["seeds"]["0"]
         sizes = len(LADDERS[name].sizes)
         assert len(runs["alone"]) == len(runs["chain"]) == len(runs["search"]) == sizes
         assert runs["chain_report"]["acceleration_ratio"] > 1
-        cap = ladder["budgets"][0]
-        for stage in runs["search"][1:]:  # a grown model stops at its target or at the cap
+        for cap, stage in zip(ladder["baselines"][1:], runs["search"][1:]):  # at its target or its baseline's budget
             assert stage["steps"] == cap or stage["reached"]
         assert (quick / "out" / f"{name}.png").stat().st_size > 10_000
     # A size trained alone with one seed is one run, shared by every ladder that has it.
     vit3, vit4 = (results["ladders"][k]["seeds"]["0"]["alone"] for k in ("vit-3", "vit-4"))
     assert vit3 == vit4[1:]
+
+
+def test_fashion_baselines_stop_at_their_knee_and_the_chain_takes_its_budgets_from_them(quick) -> None:
+    results = json.loads((quick / "out" / "results.json").read_text())
+    ladder = results["ladders"]["fashion-vit-3"]
+    assert list(ladder["knees"]) == list(LADDERS["fashion-vit-3"].sizes)
+    for knee, baseline, alone in zip(ladder["knees"].values(), ladder["baselines"], ladder["seeds"]["0"]["alone"]):
+        assert knee["budgets"][0] == 3 and knee["knee"] == baseline == alone["steps"]
+        assert len(knee["metrics"]) == len(knee["budgets"]) and knee["budgets"] in ([3], [3, 6])
+    assert ladder["budgets"][0] == ladder["baselines"][0]
+    assert (quick / "out" / "fashion-vit-3-knee.png").exists() and list((quick / "out" / "alone").glob("*.json"))
+    rows = ladder["seeds"]["0"]["ablations"]
+    assert {"schedule: wsd, grow from pre-decay", "shrink 0.5, perturb 0.01", "transfer: none"} <= set(rows)
+    assert "init: none (distil only)" not in rows and "no middle model" in rows
 
 
 def test_ablations_cover_init_transfer_lr_and_the_middle_model(quick) -> None:
@@ -57,9 +70,10 @@ def test_docs_page_keeps_its_prose_and_gets_tables_and_plots(quick) -> None:
     page = (quick / "docs" / "benchmarks.md").read_text()
     assert page.startswith("# Benchmarks\n\nintro\n\n" + START) and page.endswith(END + "\n\ndiscussion\n")
     assert "old results" not in page
-    for name in LADDERS:
+    for name in SUITES["quick"].ladders:
         assert f"### {name}:" in page and (quick / "docs" / "img" / "benchmarks" / f"{name}.png").exists()
-    assert "### Ablations on vit-3" in page and "### Prepending a smaller model" in page
+    assert "Baselines at their knee" in page and "### Ablations on fashion-vit-3" in page
+    assert "### Ablations on vit-3" in page and "### Prepending a smaller model: vit-4 prepends 16x2" in page
 
 
 def test_a_page_without_markers_is_refused_and_kept(quick, tmp_path) -> None:
@@ -68,3 +82,15 @@ def test_a_page_without_markers_is_refused_and_kept(quick, tmp_path) -> None:
     with pytest.raises(ValueError, match="markers"):
         write_report(results, quick / "out", docs=tmp_path)
     assert (tmp_path / "benchmarks.md").read_text() == "# mine\n"
+
+
+def test_pieces_merge_by_seed_and_part() -> None:
+    from benchmarks.run import _merge_seeds
+
+    plan = {"budgets": [8, 2], "baselines": [8, 8], "targets": [0.5, 0.6]}
+    old = plan | {"seeds": {"0": {"alone": "a0", "chain": "c0"}, "1": {"alone": "a1", "chain": "c1"}}}
+    new = plan | {"seeds": {1: {"alone": "a1", "ablations": "x1"}}}
+    merged = _merge_seeds(old, new)["seeds"]
+    assert merged == {0: {"alone": "a0", "chain": "c0"}, 1: {"alone": "a1", "chain": "c1", "ablations": "x1"}}
+    other = _merge_seeds(old | {"baselines": [8, 16]}, new)["seeds"]  # other budgets: the earlier seeds dropped
+    assert other == {1: {"alone": "a1", "ablations": "x1"}}
