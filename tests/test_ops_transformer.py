@@ -99,7 +99,7 @@ def test_tiled_readers_see_the_same_input_with_noise(copies: int, d: int, seed: 
     cols, values = ResidualStream(d, copies * d, "tile").read(weight, writer(noise=1.0, seed=seed))
     assert cols.tolist() == list(range(copies * d))
     x = torch.randn(d, dtype=torch.float64)
-    torch.testing.assert_close(values @ x.repeat(copies), weight @ x)
+    torch.testing.assert_close(values @ x.repeat(copies), weight @ x, rtol=1e-5, atol=1e-6)  # float32 noise
 
 
 @settings(max_examples=50, deadline=None)
