@@ -19,6 +19,7 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 from comptlib.callbacks import Callback, Checkpointer, Evaluation, FlopCounter, MetricsLog, ProgressBar
+from comptlib.loggers import build_loggers
 from comptlib.checkpoint import (
     DataStream,
     describe,
@@ -101,6 +102,9 @@ class Chain(BaseEstimator):
         with a :class:`~comptlib.errors.DivergenceError` naming the model and the
         step (``"stop"``), or skips that update up to ``max_skips`` times per
         stage (``"skip"``). Nothing non-finite is saved or logged.
+    loggers : experiment trackers (:mod:`comptlib.loggers`): ``"tensorboard"``,
+        ``"wandb"`` (offline), ``"mlflow"`` (local file store), each writing in
+        ``checkpoint_dir``, or logger objects with their own ``run_dir``.
     callbacks : :class:`~comptlib.callbacks.Callback` objects called after the
         built-in ones at each point of ``fit`` (see :mod:`comptlib.callbacks`).
     **shorthand : any :class:`Optim` or :class:`Runtime` field by itself:
@@ -151,6 +155,7 @@ class Chain(BaseEstimator):
         lora_rank: int = _DEFAULT.lora_rank,
         on_nonfinite: str = _DEFAULT.on_nonfinite,
         max_skips: int = _DEFAULT.max_skips,
+        loggers: Sequence[str | Callback] | None = _DEFAULT.loggers,
         callbacks: Sequence[Callback] = (),
         **shorthand: Any,
     ) -> None:
@@ -176,6 +181,7 @@ class Chain(BaseEstimator):
         self.lora_rank = lora_rank
         self.on_nonfinite = on_nonfinite
         self.max_skips = max_skips
+        self.loggers = loggers
         self.callbacks = callbacks
         if shorthand:
             self.set_params(**shorthand)
@@ -296,6 +302,7 @@ class Chain(BaseEstimator):
     ) -> tuple[Family, list[Grower | None], list[Transferer | None], list[int], int]:
         family = self._family()
         self._settings()
+        build_loggers(self.loggers, self.checkpoint_dir)  # a missing tracker library: refused before training
         check_precision(self.runtime.precision, self.runtime.teacher_dtype, resolve_device(self.runtime.device))
         if self.runtime.precision == "fp16" and self.runtime.strategy == "fsdp":
             raise ValueError("precision='fp16' with strategy='fsdp' is not supported; use precision='bf16'")
@@ -374,6 +381,8 @@ class Chain(BaseEstimator):
                 hooks.append(MetricsLog(run))
         if self.progress and world.main:
             hooks.append(ProgressBar())
+        if world.main:
+            hooks += build_loggers(self.loggers, self.checkpoint_dir)
         return hooks + list(self.callbacks)
 
     def _fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None, world: World, device) -> None:
@@ -458,16 +467,15 @@ class Chain(BaseEstimator):
                 parent = sig
                 if run is not None and world.main:
                     write_lineage(run, [_lineage(r) for r in self.history_])
+            baseline_samples = baseline_steps * self.history_[0]["batch_size"]
+            if self.first_trained:  # model 0 was trained elsewhere: count it at the baseline budget
+                costs[0] = StageCost(costs[0].name, costs[0].student_flops, 0.0, baseline_samples)
+            self.ledger_ = Ledger(tuple(costs))
+            self.report_ = self._report(family, baseline_samples)  # before on_fit_end: loggers log the ratio
         finally:
             for hook in hooks:
                 hook.on_fit_end(self)
         world.barrier()  # every file is written before any rank returns
-
-        baseline_samples = baseline_steps * self.history_[0]["batch_size"]
-        if self.first_trained:  # model 0 was trained elsewhere: count it at the baseline budget
-            costs[0] = StageCost(costs[0].name, costs[0].student_flops, 0.0, baseline_samples)
-        self.ledger_ = Ledger(tuple(costs))
-        self.report_ = self._report(family, baseline_samples)
 
     def _stage_settings(self, i: int) -> dict[str, Any]:
         """What stage ``i`` trains with, as plain data (part of its checkpoint signature)."""

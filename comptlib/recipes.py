@@ -64,28 +64,40 @@ class Recipe:
         return {"width": width, "depth": depth}
 
     def data_loaders(
-        self, batch_size: int, seed: int, path: str | None = None, *, text_column: str = "text"
+        self,
+        batch_size: int,
+        seed: int,
+        path: str | None = None,
+        *,
+        text_column: str = "text",
+        max_bytes: int | None = None,
     ) -> tuple[Any, Any, dict[str, Any]]:
         """Train and held-out loaders, and what the models must be built with (``num_classes``).
 
         ``path`` replaces the built-in data: an image folder (one sub-folder per
         class) for image recipes, a text file or folder for language recipes
         (with a tokenizer, also a token file, a ``datasets`` folder or
-        jsonl/parquet files, whose ``text_column`` holds the text).
+        jsonl/parquet files, whose ``text_column`` holds the text). Text is
+        read up to ``max_bytes`` (built-in text too); by default 2,000,000
+        bytes without a tokenizer, all of it with one (tokenized once, then
+        memory-mapped).
         """
-        if path is None:
+        if path is None and (max_bytes is None or self.user_data != "text"):
             return (*self.loaders(batch_size, seed), {})
         from comptlib import data
 
+        path = path or "stdlib"
         if self.user_data == "images":
             train, val, classes = data.image_folder_loaders(path, self.image_size, batch_size, seed=seed)
             return train, val, {"num_classes": classes}
         if self.user_data == "text" and self.tokenizer is not None:
             from comptlib.text import lm_loaders
 
-            return (*lm_loaders(path, self.tokenizer, batch_size=batch_size, text_column=text_column, seed=seed), {})
+            options = {"text_column": text_column, "max_bytes": max_bytes, "seed": seed}
+            return (*lm_loaders(path, self.tokenizer, batch_size=batch_size, **options), {})
         if self.user_data == "text":
-            return (*data.text_loaders(batch_size, seed=seed, source=path), {})
+            cap = max_bytes or data.DEFAULT_TEXT_BYTES
+            return (*data.text_loaders(batch_size, seed=seed, source=path, max_bytes=cap), {})
         raise ValueError(f"data: the {self.family} recipe reads only its built-in data ({self.data})")
 
     def grower(self, method: str) -> Any:

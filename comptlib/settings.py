@@ -138,6 +138,15 @@ def unique_names(field: str, value: Any) -> None:
         raise ConfigError(field, "distinct names (each model has its own folder)", value)
 
 
+def _logger(field: str, value: Any) -> None:
+    """A tracker's name, or a logger object (a :class:`~comptlib.callbacks.Callback`)."""
+    from comptlib.callbacks import Callback
+    from comptlib.loggers import LOGGERS
+
+    if isinstance(value, str) and value not in LOGGERS or not isinstance(value, (str, Callback)):
+        raise ConfigError(field, "one of " + ", ".join(LOGGERS) + " or a comptlib.loggers.Logger", value)
+
+
 # -- the declarations -----------------------------------------------------------
 class _Params:
     """scikit-learn's view of a frozen settings group: nested ``optim__lr`` keys, cloned as itself."""
@@ -240,6 +249,12 @@ class ChainSettings:
         cli=str,
     )
     max_skips: int = setting(0, "With on_nonfinite=skip: steps a stage may skip before it stops.", integer(0), cli=int)
+    loggers: Sequence[Any] | None = setting(
+        None,
+        "Experiment trackers, offline, in the run directory: tensorboard, wandb, mlflow (comma-separated).",
+        optional(each(_logger)),
+        cli="names",
+    )
 
 
 def declared(cls: type, name: str, **override: Any) -> Any:

@@ -184,3 +184,50 @@ def test_check_grows_a_saved_transformers_model_into_a_config(tmp_path) -> None:
     (tmp_path / "bad.json").write_text("{")
     bad = runner.invoke(app, ["check", str(tmp_path / "src"), str(tmp_path / "bad.json"), "--family", "llama"])
     assert bad.exit_code == 2 and "not a transformers config" in flat(bad.output)
+
+
+def test_tokenizer_train_then_grow_and_plan_on_it(tmp_path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def add(x, y):\n    return x + y\n" * 3000)
+    tok = tmp_path / "tok"
+    result = runner.invoke(app, ["tokenizer", "train", "--data", str(corpus), "--vocab-size", "270", "--out", str(tok)])
+    assert result.exit_code == 0 and "270 tokens" in result.output and str(tok) in flat(result.output), result.output
+    again = runner.invoke(app, ["tokenizer", "train", "--data", str(corpus), "--vocab-size", "268", "--out", str(tok)])
+    assert again.exit_code == 0, again.output  # its own tokenizer: trained again
+    lm = ["--family", "llama", "--sizes", "32x1,48x1", "--tokenizer", str(tok), "--data", str(corpus)]
+    plan = runner.invoke(app, ["plan", *lm, "--budgets", "4,2", "--unit", "steps"])
+    assert plan.exit_code == 0 and "268 tokens" in flat(plan.output), plan.output
+    out = tmp_path / "run"
+    steps = ["--budgets", "4,2", "--unit", "steps", "--no-progress", "--out", str(out)]
+    result = runner.invoke(app, ["grow", *lm, *steps])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["tokenizer"], config["text_column"]) == (str(tok), "text")
+    assert "268 tokens" in json.loads((out / "report.json").read_text())["data"]
+    other = tmp_path / "tok2"
+    runner.invoke(app, ["tokenizer", "train", "--data", str(corpus), "--vocab-size", "265", "--out", str(other)])
+    result = runner.invoke(app, ["grow", *lm[:5], str(other), *lm[6:], *steps, "--resume"])
+    assert result.exit_code == 2 and "tokenizer" in flat(result.output), result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--vocab-size", "300", "--data", "/no/corpus"], ("/no/corpus",)),
+        (["--vocab-size", "9", "--data", "stdlib"], ("vocab_size",)),
+        (["--data", "stdlib"], ("--vocab-size",)),
+        (["--vocab-size", "300", "--data", "stdlib", "--max-bytes", "0"], ("max_bytes",)),
+    ],
+)
+def test_tokenizer_train_refuses_bad_input(tmp_path, args, words) -> None:
+    result = runner.invoke(app, ["tokenizer", "train", *args, "--out", str(tmp_path / "tok")])
+    assert result.exit_code == 2 and all(w in flat(result.output) for w in words), result.output
+    assert not (tmp_path / "tok").exists()
+
+
+def test_tokenizer_train_keeps_a_folder_that_is_not_a_tokenizer(tmp_path) -> None:
+    (tmp_path / "thesis.tex").write_text("mine")
+    args = ["tokenizer", "train", "--data", "stdlib", "--vocab-size", "300", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "thesis.tex" in flat(result.output), result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
