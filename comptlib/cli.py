@@ -175,10 +175,12 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
 
     torch.set_flush_denormal(True)
     try:
-        options = {"text_column": cfg.text_column, "max_bytes": cfg.max_bytes}
+        options = {"text_column": cfg.text_column, "max_bytes": cfg.max_bytes, "val_path": cfg.val_data}
         train, val, options = cfg.recipe.data_loaders(cfg.batch_size, cfg.seed, cfg.data, **options)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err), debug, err)
+    if cfg.data is not None and _rank() == 0:
+        _describe_data(cfg, train, val)
     if cfg.num_workers:  # worker processes load batches; pinned memory speeds the copies to a GPU
         from comptlib.data import rebuild
 
@@ -211,6 +213,20 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
     except (ValueError, TypeError) as err:
         _fail(str(err), debug, err)
     return chain, train, val
+
+
+def _describe_data(cfg: RunConfig, train: Any, val: Any) -> None:
+    """What of the user's data is used: no folder is cut short or split without a word."""
+    from comptlib import data
+
+    source, held_out = data.splits(cfg.data, cfg.val_data) if cfg.data != "stdlib" else ("stdlib", cfg.val_data)
+    if cfg.recipe.user_data == "text":
+        cap = cfg.max_bytes or (data.DEFAULT_TEXT_BYTES if cfg.tokenizer is None else None)
+        typer.echo(f"text: {data.describe_text(source, cap)}")
+    else:
+        typer.echo(f"images: {len(train.dataset):,} for training from {source}")
+    where = f"from {held_out}" if held_out is not None else f"split from {source}"
+    typer.echo(f"held out: {len(val.dataset):,} {'windows' if cfg.recipe.user_data == 'text' else 'images'} {where}")
 
 
 @app.command()
@@ -286,8 +302,8 @@ def _write_reports(out: Path, cfg: RunConfig, chain: Any) -> None:
 @app.command()
 @_friendly
 @settings(
-    "family", "sizes", "budgets", "unit", "data", "batch_size", "seed", "tokenizer", "vocab_size", "text_column",
-    "max_bytes",
+    "family", "sizes", "budgets", "unit", "data", "val_data", "batch_size", "seed", "tokenizer", "vocab_size",
+    "text_column", "max_bytes",
 )  # fmt: skip
 def plan(config: ConfigOpt = None, flags: dict[str, Any] | None = None, debug: DebugOpt = False) -> None:
     """Dry run: each model's parameters and measured FLOPs per sample, and the projected acceleration ratio.
@@ -308,7 +324,7 @@ def plan(config: ConfigOpt = None, flags: dict[str, Any] | None = None, debug: D
 @_friendly
 @settings(
     "family", "sizes", "budgets", "unit", "method", "transfer", "lr", "data", "batch_size", "seed", "device",
-    "precision", "eval_every", "tokenizer", "vocab_size", "text_column", "max_bytes", eval_every=20,
+    "precision", "eval_every", "val_data", "tokenizer", "vocab_size", "text_column", "max_bytes", eval_every=20,
 )  # fmt: skip
 def bench(
     config: ConfigOpt = None,

@@ -122,6 +122,13 @@ class RunConfig:
         optional(integer(1)),
         cli=int,
     )
+    val_data: str | None = setting(
+        None,
+        "Your held-out data: an image folder or a text file or folder (default: val/, validation/ or test/ beside "
+        "--data's train/, else a split of --data).",
+        optional(text),
+        cli=str,
+    )
     log_to: tuple[str, ...] | None = declared(ChainSettings, "loggers", cli="names", converter=_tuple)
 
     def __attrs_post_init__(self) -> None:
@@ -194,6 +201,8 @@ class RunConfig:
 
 def _language_only(cfg: RunConfig) -> None:
     """The text options need a language recipe, and --vocab-size a tokenizer to train."""
+    if cfg.val_data is not None and cfg.data is None:
+        raise ConfigError("val_data: a held-out set for your --data; give --data too")
     given = [name for name in ("tokenizer", "max_bytes") if getattr(cfg, name) is not None]
     if cfg.text_column != "text":
         given.append("text_column")

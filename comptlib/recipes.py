@@ -71,6 +71,7 @@ class Recipe:
         *,
         text_column: str = "text",
         max_bytes: int | None = None,
+        val_path: str | None = None,
     ) -> tuple[Any, Any, dict[str, Any]]:
         """Train and held-out loaders, and what the models must be built with (``num_classes``).
 
@@ -80,7 +81,9 @@ class Recipe:
         jsonl/parquet files, whose ``text_column`` holds the text). Text is
         read up to ``max_bytes`` (built-in text too); by default 2,000,000
         bytes without a tokenizer, all of it with one (tokenized once, then
-        memory-mapped).
+        memory-mapped). The held-out data is ``val_path``, or the folder's
+        ``val/`` (``validation/``, ``test/``) beside its ``train/``
+        (:func:`comptlib.data.splits`), else a split of the training data.
         """
         if path is None and (max_bytes is None or self.user_data != "text"):
             return (*self.loaders(batch_size, seed), {})
@@ -88,16 +91,19 @@ class Recipe:
 
         path = path or "stdlib"
         if self.user_data == "images":
-            train, val, classes = data.image_folder_loaders(path, self.image_size, batch_size, seed=seed)
+            options = {"val_root": val_path, "seed": seed}
+            train, val, classes = data.image_folder_loaders(path, self.image_size, batch_size, **options)
             return train, val, {"num_classes": classes}
+        if self.user_data == "text":
+            path, val_path = data.splits(path, val_path) if path != "stdlib" else (path, val_path)
         if self.user_data == "text" and self.tokenizer is not None:
             from comptlib.text import lm_loaders
 
-            options = {"text_column": text_column, "max_bytes": max_bytes, "seed": seed}
+            options = {"text_column": text_column, "max_bytes": max_bytes, "val_source": val_path, "seed": seed}
             return (*lm_loaders(path, self.tokenizer, batch_size=batch_size, **options), {})
         if self.user_data == "text":
             cap = max_bytes or data.DEFAULT_TEXT_BYTES
-            return (*data.text_loaders(batch_size, seed=seed, source=path, max_bytes=cap), {})
+            return (*data.text_loaders(batch_size, seed=seed, source=path, max_bytes=cap, val_source=val_path), {})
         raise ValueError(f"data: the {self.family} recipe reads only its built-in data ({self.data})")
 
     def grower(self, method: str) -> Any:
