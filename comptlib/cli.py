@@ -176,11 +176,12 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
     torch.set_flush_denormal(True)
     try:
         options = {"text_column": cfg.text_column, "max_bytes": cfg.max_bytes, "val_path": cfg.val_data}
+        options["image_size"] = cfg.image_size
         train, val, options = cfg.recipe.data_loaders(cfg.batch_size, cfg.seed, cfg.data, **options)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err), debug, err)
     if cfg.data is not None and _rank() == 0:
-        _describe_data(cfg, train, val)
+        _describe_data(cfg, train, val, options)
     if cfg.num_workers:  # worker processes load batches; pinned memory speeds the copies to a GPU
         from comptlib.data import rebuild
 
@@ -215,7 +216,7 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
     return chain, train, val
 
 
-def _describe_data(cfg: RunConfig, train: Any, val: Any) -> None:
+def _describe_data(cfg: RunConfig, train: Any, val: Any, options: dict[str, Any]) -> None:
     """What of the user's data is used: no folder is cut short or split without a word."""
     from comptlib import data
 
@@ -224,7 +225,9 @@ def _describe_data(cfg: RunConfig, train: Any, val: Any) -> None:
         cap = cfg.max_bytes or (data.DEFAULT_TEXT_BYTES if cfg.tokenizer is None else None)
         typer.echo(f"text: {data.describe_text(source, cap)}")
     else:
-        typer.echo(f"images: {len(train.dataset):,} for training from {source}")
+        size, given = options["image_size"], "--image-size" if cfg.image_size else "the data"
+        count = f"{len(train.dataset):,} for training from {source}"
+        typer.echo(f"images: {size}x{size} from {given}, as 3 channels (grey repeated); {count}")
     where = f"from {held_out}" if held_out is not None else f"split from {source}"
     typer.echo(f"held out: {len(val.dataset):,} {'windows' if cfg.recipe.user_data == 'text' else 'images'} {where}")
 
@@ -302,8 +305,8 @@ def _write_reports(out: Path, cfg: RunConfig, chain: Any) -> None:
 @app.command()
 @_friendly
 @settings(
-    "family", "sizes", "budgets", "unit", "data", "val_data", "batch_size", "seed", "tokenizer", "vocab_size",
-    "text_column", "max_bytes",
+    "family", "sizes", "budgets", "unit", "data", "val_data", "image_size", "batch_size", "seed", "tokenizer",
+    "vocab_size", "text_column", "max_bytes",
 )  # fmt: skip
 def plan(config: ConfigOpt = None, flags: dict[str, Any] | None = None, debug: DebugOpt = False) -> None:
     """Dry run: each model's parameters and measured FLOPs per sample, and the projected acceleration ratio.
@@ -324,7 +327,8 @@ def plan(config: ConfigOpt = None, flags: dict[str, Any] | None = None, debug: D
 @_friendly
 @settings(
     "family", "sizes", "budgets", "unit", "method", "transfer", "lr", "data", "batch_size", "seed", "device",
-    "precision", "eval_every", "val_data", "tokenizer", "vocab_size", "text_column", "max_bytes", eval_every=20,
+    "precision", "eval_every", "val_data", "image_size", "tokenizer", "vocab_size", "text_column", "max_bytes",
+    eval_every=20,
 )  # fmt: skip
 def bench(
     config: ConfigOpt = None,

@@ -129,6 +129,13 @@ class RunConfig:
         optional(text),
         cli=str,
     )
+    image_size: int | None = setting(
+        None,
+        "Image recipes on your --data: the square size images are resized to and the models built for "
+        "(default: the first image's larger side; a ViT's patch is the smallest divisor making at most 8x8 patches).",
+        optional(integer(2)),
+        cli=int,
+    )
     log_to: tuple[str, ...] | None = declared(ChainSettings, "loggers", cli="names", converter=_tuple)
 
     def __attrs_post_init__(self) -> None:
@@ -203,6 +210,8 @@ def _language_only(cfg: RunConfig) -> None:
     """The text options need a language recipe, and --vocab-size a tokenizer to train."""
     if cfg.val_data is not None and cfg.data is None:
         raise ConfigError("val_data: a held-out set for your --data; give --data too")
+    if cfg.image_size is not None and (cfg.data is None or cfg.recipe_base.user_data != "images"):
+        raise ConfigError("image_size: the size your --data images are resized to; give an image --data")
     given = [name for name in ("tokenizer", "max_bytes") if getattr(cfg, name) is not None]
     if cfg.text_column != "text":
         given.append("text_column")

@@ -197,6 +197,20 @@ def splits(
     return train, held_out[0] if held_out else None
 
 
+def first_image_size(root: str | os.PathLike[str]) -> int:
+    """The larger side of the first training image of a user's folder: the size its models are built for."""
+    from PIL import Image
+
+    train, _ = splits(root)
+    first = next((p for p in sorted(train.glob("*/*")) if p.is_file()), None)
+    if first is None:
+        missing = f"data: no image folder at {root}" if not train.is_dir() else f"data: {train} holds no class folders"
+        raise MissingDataError(missing)
+    check_images([first])
+    with Image.open(first) as image:
+        return max(image.size)
+
+
 def _image_folder(root: Path, transform: Any) -> Any:
     from torchvision import datasets
 

@@ -134,6 +134,14 @@ def _plain(*args: str) -> Setup:
     return lambda tmp, out: list(args)
 
 
+def _prime_size(tmp: Path, out: Path) -> list[str]:
+    return ["--data", str(image_folder(tmp / "images")), "--image-size", "29"]
+
+
+def _val_missing(tmp: Path, out: Path) -> list[str]:
+    return ["--data", str(image_folder(tmp / "images")), "--val-data", "/no/val"]
+
+
 def _not_a_tokenizer(tmp: Path, out: Path) -> list[str]:
     (tmp / "notes").mkdir()
     (tmp / "notes" / "todo.txt").write_text("not a tokenizer")
@@ -219,6 +227,9 @@ FRESH: list[tuple[str, Setup, tuple[str, ...], int]] = [
     ("max bytes zero", _plain("--family", "llama", "--max-bytes", "0"), ("max_bytes",), 2),
     ("max bytes on images", _plain("--max-bytes", "1000"), ("max_bytes", "vit"), 2),
     ("unknown tracker", _plain("--log-to", "neptune"), ("neptune", "tensorboard"), 2),
+    ("image size without data", _plain("--image-size", "28"), ("image_size",), 2),
+    ("image size a prime", _prime_size, ("image_size", "29"), 2),
+    ("held-out data missing", _val_missing, ("val_data", "/no/val"), 2),
     ("out is a file", _out_is_file, ("is a file",), 2),
     ("out holds someone else's files", _stranger_dir(None), ("holds no comptlib run",), 2),
     ("force on someone else's folder", _stranger_dir("--force"), ("holds no comptlib run",), 2),

@@ -249,6 +249,7 @@ def test_an_image_folder_split_into_train_and_val_holds_out_val(tmp_path) -> Non
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     text = flat(result.output)
+    assert "images: 28x28 from the data" in text
     assert f"40 for training from {tmp_path / 'mnist' / 'train'}" in text
     assert f"held out: 10 images from {tmp_path / 'mnist' / 'val'}" in text
     assert json.loads((tmp_path / "run" / "report.json").read_text())["data"] == str(tmp_path / "mnist")
