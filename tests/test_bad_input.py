@@ -135,7 +135,7 @@ def _plain(*args: str) -> Setup:
 
 
 def _prime_size(tmp: Path, out: Path) -> list[str]:
-    return ["--data", str(image_folder(tmp / "images")), "--image-size", "29"]
+    return ["--data", str(image_folder(tmp / "images")), "--image-size", "29", "--batch-size", "4"]
 
 
 def _val_missing(tmp: Path, out: Path) -> list[str]:
