@@ -140,7 +140,7 @@ class RunConfig:
 
     def __attrs_post_init__(self) -> None:
         _sizes(self.recipe_base, self.sizes)
-        _language_only(self)
+        _data_options(self)
         if len(self.budgets) != len(self.sizes):
             raise ConfigError(f"budgets: {len(self.budgets)} entries for {len(self.sizes)} sizes")
         if self.targets is not None and len(self.targets) != len(self.sizes) - 1:
@@ -206,8 +206,8 @@ class RunConfig:
         return {k: v for k, v in self.to_dict().items() if k in names}
 
 
-def _language_only(cfg: RunConfig) -> None:
-    """The text options need a language recipe, and --vocab-size a tokenizer to train."""
+def _data_options(cfg: RunConfig) -> None:
+    """Options about the data make sense only with their data: a language recipe, a tokenizer, an image --data."""
     if cfg.val_data is not None and cfg.data is None:
         raise ConfigError("val_data: a held-out set for your --data; give --data too")
     if cfg.image_size is not None and (cfg.data is None or cfg.recipe_base.user_data != "images"):
