@@ -44,6 +44,7 @@ from comptlib.family import Family, family_of
 from comptlib.grower import METHODS, Grower, GrowthError
 from comptlib.io import clean_temporaries, repair_jsonl
 from comptlib.ledger import Ledger, StageCost, count_flops
+from comptlib.loggers import build_loggers
 from comptlib.precision import check_precision
 from comptlib.settings import ChainSettings, Optim, Runtime
 from comptlib.stage import Stage, num_params
@@ -124,6 +125,9 @@ class Chain(BaseEstimator):
     growth_snr_db : Gaussian noise on the entries exact growth leaves free, at
         this signal-to-noise ratio in dB (HyperCloning uses about 10); for a
         grower given by name (``"auto"``, ``"exact"``...).
+    loggers : experiment trackers (:mod:`comptlib.loggers`): ``"tensorboard"``,
+        ``"wandb"`` (offline), ``"mlflow"`` (local file store), each writing in
+        ``checkpoint_dir``, or logger objects with their own ``run_dir``.
     callbacks : :class:`~comptlib.callbacks.Callback` objects called after the
         built-in ones at each point of ``fit`` (see :mod:`comptlib.callbacks`).
     **shorthand : any :class:`Optim` or :class:`Runtime` field by itself:
@@ -178,6 +182,7 @@ class Chain(BaseEstimator):
         shrink: float = _DEFAULT.shrink,
         perturb: float = _DEFAULT.perturb,
         growth_snr_db: float | None = _DEFAULT.growth_snr_db,
+        loggers: Sequence[str | Callback] | None = _DEFAULT.loggers,
         callbacks: Sequence[Callback] = (),
         **shorthand: Any,
     ) -> None:
@@ -207,6 +212,7 @@ class Chain(BaseEstimator):
         self.shrink = shrink
         self.perturb = perturb
         self.growth_snr_db = growth_snr_db
+        self.loggers = loggers
         self.callbacks = callbacks
         if shorthand:
             self.set_params(**shorthand)
@@ -328,6 +334,7 @@ class Chain(BaseEstimator):
     ) -> tuple[Family, list[Grower | None], list[Transferer | None], list[int], int]:
         family = self._family()
         self._settings()
+        build_loggers(self.loggers, self.checkpoint_dir)  # a missing tracker library: refused before training
         check_precision(self.runtime.precision, self.runtime.teacher_dtype, resolve_device(self.runtime.device))
         if self.runtime.precision == "fp16" and self.runtime.strategy == "fsdp":
             raise ValueError("precision='fp16' with strategy='fsdp' is not supported; use precision='bf16'")
@@ -414,6 +421,8 @@ class Chain(BaseEstimator):
             hooks.append(PreDecaySnapshot())
         if self.progress and world.main:
             hooks.append(ProgressBar())
+        if world.main:
+            hooks += build_loggers(self.loggers, self.checkpoint_dir)
         return hooks + list(self.callbacks)
 
     def _fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None, world: World, device) -> None:
@@ -509,16 +518,15 @@ class Chain(BaseEstimator):
                 parent = sig
                 if run is not None and world.main:
                     write_lineage(run, [_lineage(r) for r in self.history_])
+            baseline_samples = baseline_steps * self.history_[0]["batch_size"]
+            if self.first_trained:  # model 0 was trained elsewhere: count it at the baseline budget
+                costs[0] = StageCost(costs[0].name, costs[0].student_flops, 0.0, baseline_samples)
+            self.ledger_ = Ledger(tuple(costs))
+            self.report_ = self._report(family, baseline_samples)  # before on_fit_end: loggers log the ratio
         finally:
             for hook in hooks:
                 hook.on_fit_end(self)
         world.barrier()  # every file is written before any rank returns
-
-        baseline_samples = baseline_steps * self.history_[0]["batch_size"]
-        if self.first_trained:  # model 0 was trained elsewhere: count it at the baseline budget
-            costs[0] = StageCost(costs[0].name, costs[0].student_flops, 0.0, baseline_samples)
-        self.ledger_ = Ledger(tuple(costs))
-        self.report_ = self._report(family, baseline_samples)
 
     def _unless_decayed(self, record: dict[str, Any], total: int) -> str | None:
         """Without a snapshot, the final weights are the pre-decay ones if the stage stopped before its decay

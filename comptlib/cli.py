@@ -175,9 +175,13 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
 
     torch.set_flush_denormal(True)
     try:
-        train, val, options = cfg.recipe.data_loaders(cfg.batch_size, cfg.seed, cfg.data)
+        options = {"text_column": cfg.text_column, "max_bytes": cfg.max_bytes, "val_path": cfg.val_data}
+        options["image_size"] = cfg.image_size
+        train, val, options = cfg.recipe.data_loaders(cfg.batch_size, cfg.seed, cfg.data, **options)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err), debug, err)
+    if cfg.data is not None and _rank() == 0:
+        _describe_data(cfg, train, val, options)
     if cfg.num_workers:  # worker processes load batches; pinned memory speeds the copies to a GPU
         from comptlib.data import rebuild
 
@@ -202,6 +206,7 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
             "resume": resume,
             "targets": None if cfg.targets is None else [None, *cfg.targets],
             "eval_every": cfg.eval_every or (10 if cfg.targets else 0),
+            "loggers": cfg.log_to,
         },
     )
     try:
@@ -209,6 +214,22 @@ def _setup(cfg, progress: bool, debug: bool, out: Path | None = None, resume: bo
     except (ValueError, TypeError) as err:
         _fail(str(err), debug, err)
     return chain, train, val
+
+
+def _describe_data(cfg: RunConfig, train: Any, val: Any, options: dict[str, Any]) -> None:
+    """What of the user's data is used: no folder is cut short or split without a word."""
+    from comptlib import data
+
+    source, held_out = data.splits(cfg.data, cfg.val_data) if cfg.data != "stdlib" else ("stdlib", cfg.val_data)
+    if cfg.recipe.user_data == "text":
+        cap = cfg.max_bytes or (data.DEFAULT_TEXT_BYTES if cfg.tokenizer is None else None)
+        typer.echo(f"text: {data.describe_text(source, cap)}")
+    else:
+        size, given = options["image_size"], "--image-size" if cfg.image_size else "the data"
+        count = f"{len(train.dataset):,} for training from {source}"
+        typer.echo(f"images: {size}x{size} from {given}, as 3 channels (grey repeated); {count}")
+    where = f"from {held_out}" if held_out is not None else f"split from {source}"
+    typer.echo(f"held out: {len(val.dataset):,} {'windows' if cfg.recipe.user_data == 'text' else 'images'} {where}")
 
 
 @app.command()
@@ -272,11 +293,9 @@ def _write_reports(out: Path, cfg: RunConfig, chain: Any) -> None:
     from comptlib.bench import plot
     from comptlib.io import write_json
 
-    write_json(
-        out / "report.json", {"data": cfg.data or cfg.recipe.data, "report": chain.report_, "history": chain.history_}
-    )
+    write_json(out / "report.json", {"data": cfg.data_name, "report": chain.report_, "history": chain.history_})
     picture = plot(chain, [], out / "report.png")
-    _write_markdown(out / "report.md", chain.report_, cfg.data or cfg.recipe.data, picture)
+    _write_markdown(out / "report.md", chain.report_, cfg.data_name, picture)
     _print_report(chain.report_)
     typer.echo(f"Models, checkpoints, metrics.jsonl, lineage.json and report.json are in {out}")
 
@@ -302,7 +321,10 @@ def config(
 
 @app.command()
 @_friendly
-@settings("family", "sizes", "budgets", "unit", "data", "batch_size", "seed")
+@settings(
+    "family", "sizes", "budgets", "unit", "data", "val_data", "image_size", "batch_size", "seed", "tokenizer",
+    "vocab_size", "text_column", "max_bytes",
+)  # fmt: skip
 def plan(config: ConfigOpt = None, flags: dict[str, Any] | None = None, debug: DebugOpt = False) -> None:
     """Dry run: each model's parameters and measured FLOPs per sample, and the projected acceleration ratio.
 
@@ -322,7 +344,8 @@ def plan(config: ConfigOpt = None, flags: dict[str, Any] | None = None, debug: D
 @_friendly
 @settings(
     "family", "sizes", "budgets", "unit", "method", "transfer", "lr", "data", "batch_size", "seed", "device",
-    "precision", "eval_every", eval_every=20,
+    "precision", "eval_every", "val_data", "image_size", "tokenizer", "vocab_size", "text_column", "max_bytes",
+    eval_every=20,
 )  # fmt: skip
 def bench(
     config: ConfigOpt = None,
@@ -349,10 +372,60 @@ def bench(
     shared = {k: chain.get_params()[k] for k in ("unit", "optim", "runtime", "seed", "progress", "eval_every")}
     alone = fit_alone(chain.models, train, val, budget=cfg.budgets[0], names=chain.names, **shared)
     result = compare(chain, alone)
-    write_json(out / "bench.json", {"config": cfg.to_dict(), "data": cfg.data or cfg.recipe.data, **result})
+    write_json(out / "bench.json", {"config": cfg.to_dict(), "data": cfg.data_name, **result})
     picture = plot(chain, alone, out / "bench.png")
     typer.echo(format_table(result))
     typer.echo(f"Wrote {out / 'bench.json'} and {picture}")
+
+
+tokenizer_app = typer.Typer(help="Train a tokenizer for the language recipes' --tokenizer.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+_TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
+"""What ``save_pretrained`` writes for a tokenizer: a folder holding only these may be trained again."""
+
+
+@tokenizer_app.command("train")
+@_friendly
+@settings("vocab_size", "text_column", "max_bytes")
+def tokenizer_train(
+    data: Annotated[str, typer.Option(help="The corpus: stdlib, a text file or folder, jsonl/parquet or datasets.")],
+    out: Annotated[Path, typer.Option(help="The folder the tokenizer goes to (--tokenizer takes it).")],
+    flags: dict[str, Any] | None = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Train a byte-level BPE on your corpus with the tokenizers package, for --tokenizer.
+
+    Examples:
+
+        comptlib tokenizer train --data stdlib --vocab-size 4096 --out tokenizers/stdlib
+
+        comptlib tokenizer train --data corpus.jsonl --text-column body --vocab-size 8000 --out tok
+    """
+    fields = attrs.fields_dict(RunConfig)
+    for name, value in flags.items():
+        if value is not None:
+            fields[name].metadata["check"](name, value)
+    if flags["vocab_size"] is None:
+        _fail("vocab_size: give --vocab-size (e.g. 4096)", debug)
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file, not a folder", debug)
+    strangers = sorted(p.name for p in out.iterdir() if p.name not in _TOKENIZER_FILES) if out.is_dir() else []
+    if strangers:
+        names = ", ".join(strangers)
+        _fail(f"--out {out} holds files that are not a tokenizer's ({names}): choose another --out", debug)
+    if data != "stdlib" and not Path(data).exists():
+        _fail(f"data: no corpus at {data}", debug)
+    from comptlib.text import train_tokenizer
+
+    options = {"text_column": flags["text_column"] or "text", "max_bytes": flags["max_bytes"]}
+    try:
+        tokenizer = train_tokenizer(data, flags["vocab_size"], out, **options)
+    except ValueError as err:
+        _fail(str(err), debug, err)
+    asked = flags["vocab_size"]
+    short = f" (of {asked:,} asked: the corpus has no more merges)" if len(tokenizer) < asked else ""
+    typer.echo(f"Trained a byte-level BPE of {len(tokenizer):,} tokens{short} on {data}; saved to {out}")
+    typer.echo(f"Use it with: comptlib grow --family llama --tokenizer {out}")
 
 
 @app.command()
@@ -484,7 +557,7 @@ def _print_plan(projected: dict[str, Any], cfg) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{cfg.family} chain plan ({cfg.data or cfg.recipe.data}, batch {cfg.batch_size})")
+    table = Table(title=f"{cfg.family} chain plan ({cfg.data_name}, batch {cfg.batch_size})")
     for col in ("model", "params", "train FLOPs/sample", "teacher FLOPs/sample", "steps", "stage FLOPs"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for row in projected["models"]:

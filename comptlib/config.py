@@ -7,6 +7,7 @@ help) plus what only a run from the command line has (family, sizes, data).
 
 from __future__ import annotations
 
+import functools
 import json
 import tomllib
 from pathlib import Path
@@ -109,9 +110,44 @@ class RunConfig:
     shrink: float = declared(ChainSettings, "shrink")
     perturb: float = declared(ChainSettings, "perturb")
     growth_snr_db: float | None = declared(ChainSettings, "growth_snr_db")
+    tokenizer: str | None = setting(
+        None,
+        "Language recipes: bpe (a byte-level BPE trained on the stdlib corpus, cached) or a tokenizer.json "
+        "or Hugging Face tokenizer folder, e.g. from comptlib tokenizer train (default: bytes).",
+        optional(text),
+        cli=str,
+    )
+    vocab_size: int | None = setting(
+        None, "With --tokenizer bpe: its vocabulary size (default 4096).", optional(integer(257)), cli=int
+    )
+    text_column: str = setting(
+        "text", "With --tokenizer: the column of jsonl/parquet/csv or datasets data that holds the text.", text, cli=str
+    )
+    max_bytes: int | None = setting(
+        None,
+        "Language recipes: read at most this many bytes of text (default 2,000,000); the output says what was read.",
+        optional(integer(1)),
+        cli=int,
+    )
+    val_data: str | None = setting(
+        None,
+        "Your held-out data: an image folder or a text file or folder (default: val/, validation/ or test/ beside "
+        "--data's train/, else a split of --data).",
+        optional(text),
+        cli=str,
+    )
+    image_size: int | None = setting(
+        None,
+        "Image recipes on your --data: the square size images are resized to and the models built for "
+        "(default: the first image's larger side; a ViT's patch is the smallest divisor making at most 8x8 patches).",
+        optional(integer(2)),
+        cli=int,
+    )
+    log_to: tuple[str, ...] | None = declared(ChainSettings, "loggers", cli="names", converter=_tuple)
 
     def __attrs_post_init__(self) -> None:
-        _sizes(self.recipe, self.sizes)
+        _sizes(self.recipe_base, self.sizes)
+        _data_options(self)
         if len(self.budgets) != len(self.sizes):
             raise ConfigError(f"budgets: {len(self.budgets)} entries for {len(self.sizes)} sizes")
         if self.targets is not None and len(self.targets) != len(self.sizes) - 1:
@@ -120,8 +156,23 @@ class RunConfig:
             )
 
     @property
-    def recipe(self) -> Recipe:
+    def recipe_base(self) -> Recipe:
+        """The family's recipe as registered, before ``tokenizer`` changes its data."""
         return list_recipes()[self.family]
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe this run trains: the family's, on ``tokenizer`` when one is given."""
+        if self.tokenizer is None:
+            return self.recipe_base
+        return _tokenized(self.family, self.tokenizer, self.vocab_size or 4096, self.max_bytes)
+
+    @property
+    def data_name(self) -> str:
+        """The data as reports name it: the user's path (and tokenizer), or the recipe's description."""
+        if self.data is None:
+            return self.recipe.data
+        return self.data if self.tokenizer is None else f"{self.data} ({self.recipe.data.split(', ')[-1]})"
 
     @classmethod
     def resolve(cls, file: Path | None = None, **flags: Any) -> RunConfig:
@@ -186,6 +237,44 @@ def _toml(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a TOML basic string
     return repr(value)
+
+
+def _data_options(cfg: RunConfig) -> None:
+    """Options about the data make sense only with their data: a language recipe, a tokenizer, an image --data."""
+    if cfg.val_data is not None and cfg.data is None:
+        raise ConfigError("val_data: a held-out set for your --data; give --data too")
+    if cfg.image_size is not None and (cfg.data is None or cfg.recipe_base.user_data != "images"):
+        raise ConfigError("image_size: the size your --data images are resized to; give an image --data")
+    given = [name for name in ("tokenizer", "max_bytes") if getattr(cfg, name) is not None]
+    if cfg.text_column != "text":
+        given.append("text_column")
+    if given and cfg.recipe_base.user_data != "text":
+        language = ", ".join(n for n, r in list_recipes().items() if r.user_data == "text")
+        raise ConfigError(f"{given[0]}: the {cfg.family} recipe does not read text; language recipes are {language}")
+    if cfg.vocab_size is not None and cfg.tokenizer != "bpe":
+        raise ConfigError("vocab_size: only with --tokenizer bpe (a saved tokenizer has its own vocabulary)")
+    if cfg.text_column != "text" and cfg.tokenizer is None:
+        raise ConfigError("text_column: columns of jsonl/parquet/datasets data are read with a --tokenizer")
+    if cfg.tokenizer not in (None, "bpe") and not Path(cfg.tokenizer).exists():
+        raise ConfigError(f"tokenizer: no tokenizer.json or tokenizer folder at {cfg.tokenizer} (or give bpe)")
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenized(family: str, tokenizer: str, vocab_size: int, max_bytes: int | None) -> Recipe:
+    """The family's recipe on a trained BPE (``"bpe"``) or a saved tokenizer; built once per process."""
+    from comptlib.recipes import with_bpe, with_tokenizer
+    from comptlib.text import load_tokenizer
+
+    recipe = list_recipes()[family]
+    if tokenizer == "bpe":
+        return with_bpe(recipe, vocab_size, max_bytes=max_bytes)
+    try:
+        loaded = load_tokenizer(tokenizer)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"tokenizer: {tokenizer} is not a tokenizer.json or tokenizer folder ({err})") from None
+    if loaded.eos_token_id is None:
+        raise ConfigError(f"tokenizer: {tokenizer} has no EOS token to separate documents")
+    return with_tokenizer(recipe, loaded, f"tokenizer {tokenizer} ({len(loaded):,} tokens)", max_bytes=max_bytes)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -178,21 +178,42 @@ def fashion_mnist_loaders(
     )
 
 
-def image_folder_loaders(
-    root: str | os.PathLike[str], image_size: int, batch_size: int = 64, *, val_fraction: float = 0.2, seed: int = 0
-) -> tuple[DataLoader, DataLoader, int]:
-    """Loaders over a user's image folder (``root/<class>/<image>``, as torchvision's ``ImageFolder``).
+HELD_OUT_SPLITS = ("val", "validation", "test")
+"""Folders beside ``train/`` that hold the held-out set (torchvision's and Hugging Face ``imagefolder``'s names)."""
 
-    Images are resized to ``image_size`` squares and standardised; the split
-    is random but seeded. Returns ``(train, val, num_classes)``.
-    """
-    from torchvision import datasets, transforms
 
-    if not Path(root).is_dir():
+def splits(root: str | os.PathLike[str], val_root: str | os.PathLike[str] | None = None) -> tuple[Path, Path | None]:
+    """The training data and the held-out data of a user's folder: ``val_root`` if given, else ``root/val/``
+    (or ``validation/``, ``test/``) when ``root`` has ``train/``; None: split the training data."""
+    root = Path(root)
+    train = root / "train" if (root / "train").is_dir() else root
+    if val_root is not None:
+        if not Path(val_root).exists():
+            raise MissingDataError(f"val_data: no folder or file at {val_root}")
+        return train, Path(val_root)
+    held_out = [root / name for name in HELD_OUT_SPLITS if train != root and (root / name).is_dir()]
+    return train, held_out[0] if held_out else None
+
+
+def first_image_size(root: str | os.PathLike[str]) -> int:
+    """The larger side of the first training image of a user's folder: the size its models are built for."""
+    from PIL import Image
+
+    train, _ = splits(root)
+    first = next((p for p in sorted(train.glob("*/*")) if p.is_file()), None)
+    if first is None:
+        missing = f"data: no image folder at {root}" if not train.is_dir() else f"data: {train} holds no class folders"
+        raise MissingDataError(missing)
+    check_images([first])
+    with Image.open(first) as image:
+        return max(image.size)
+
+
+def _image_folder(root: Path, transform: Any) -> Any:
+    from torchvision import datasets
+
+    if not root.is_dir():
         raise MissingDataError(f"data: no image folder at {root}")
-    transform = transforms.Compose(
-        [transforms.Resize((image_size, image_size)), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
-    )
     try:
         folder = datasets.ImageFolder(str(root), transform=transform, loader=read_image)
     except FileNotFoundError as err:  # no class folders, or a class folder without images
@@ -202,9 +223,42 @@ def image_folder_loaders(
             f"data: {root} has {len(folder.classes)} class folder ({folder.classes[0]}): a classifier needs 2"
         )
     check_images(path for path, _ in folder.samples)
-    order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(int(round(len(folder) * val_fraction)), 1)
-    train, val = Subset(folder, order[n_val:]), Subset(folder, order[:n_val])
+    return folder
+
+
+def image_folder_loaders(
+    root: str | os.PathLike[str],
+    image_size: int,
+    batch_size: int = 64,
+    *,
+    val_fraction: float = 0.2,
+    val_root: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> tuple[DataLoader, DataLoader, int]:
+    """Loaders over a user's image folder (``root/<class>/<image>``, as torchvision's ``ImageFolder``).
+
+    Images are resized to ``image_size`` squares and standardised. The
+    held-out set is ``val_root``, or ``root/val/<class>/`` (``validation/``,
+    ``test/``) beside ``root/train/<class>/``, with the same classes; else a
+    random but seeded ``val_fraction`` of the images. Returns ``(train, val, num_classes)``.
+    """
+    from torchvision import transforms
+
+    transform = transforms.Compose(
+        [transforms.Resize((image_size, image_size)), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
+    )
+    train_root, held_out = splits(root, val_root)
+    folder = _image_folder(train_root, transform)
+    if held_out is None:
+        order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
+        n_val = max(int(round(len(folder) * val_fraction)), 1)
+        train, val = Subset(folder, order[n_val:]), Subset(folder, order[:n_val])
+    else:
+        train, val = folder, _image_folder(held_out, transform)
+        if val.classes != folder.classes:
+            raise DataError(
+                f"data: the held-out {held_out} has classes {val.classes}, the training {train_root} {folder.classes}"
+            )
     if len(train) < batch_size:
         raise DataError(f"data: {root} has {len(folder)} images, too few for batches of {batch_size}")
     gen = torch.Generator().manual_seed(seed)
@@ -359,6 +413,23 @@ def load_text(source: str | os.PathLike[str] = "stdlib", *, max_bytes: int | Non
     return text
 
 
+def describe_text(source: str | os.PathLike[str], max_bytes: int | None) -> str:
+    """What :func:`load_text` reads of ``source``: files and bytes, and what ``max_bytes`` leaves out."""
+    files = _text_files(source)
+    sizes = [p.stat().st_size for p in files]
+    total, read = sum(sizes), 0
+    for count, size in enumerate(sizes, 1):  # noqa: B007 (count is read after the loop)
+        read += size
+        if max_bytes is not None and read >= max_bytes:
+            break
+    if max_bytes is None or total <= max_bytes:
+        return f"{source}: {len(files):,} files, {total:,} bytes, all read"
+    return (
+        f"{source}: read {count:,} of {len(files):,} files, {max_bytes:,} of {total:,} bytes "
+        f"(cut at --max-bytes {max_bytes:,}; the files after {files[count - 1].name} are not read)"
+    )
+
+
 def _check_text(path: Path, data: bytes) -> None:
     """A text file given on its own must be UTF-8 text: say where it is not."""
     if not data:
@@ -438,6 +509,7 @@ def text_loaders(
     val_fraction: float = 0.1,
     seed: int = 0,
     source: str | os.PathLike[str] = "stdlib",
+    val_source: str | os.PathLike[str] | None = None,
 ) -> tuple[DataLoader, DataLoader]:
     """Byte-level LM loaders over :func:`load_text`: shuffled training and fixed-order held-out batches.
 
@@ -446,6 +518,8 @@ def text_loaders(
     ``input_ids`` and ``attention_mask`` (batch, seq_len) and ``num_bytes``
     (batch,). Training windows are all full; the held-out tail's last window
     is padded, so every held-out byte but each window's first is scored.
+    With ``val_source`` (a file or folder, read up to ``max_bytes`` too) all
+    of ``source`` trains and ``val_source`` is held out.
 
     >>> train, val = text_loaders(batch_size=4, seq_len=16, max_bytes=10_000)
     >>> batch = next(iter(train))
@@ -454,10 +528,13 @@ def text_loaders(
     """
     check_split(val_fraction, seq_len)
     ids = ByteTokenizer().encode(load_text(source, max_bytes=max_bytes))
-    n_val = int(round(len(ids) * val_fraction))
-    split = len(ids) - n_val
-    train = _windows(ids[:split], seq_len, pad_tail=False)
-    val = _windows(ids[split:], seq_len, pad_tail=True)
+    if val_source is None:
+        split = len(ids) - int(round(len(ids) * val_fraction))
+        train_ids, val_ids = ids[:split], ids[split:]
+    else:
+        train_ids, val_ids = ids, ByteTokenizer().encode(load_text(val_source, max_bytes=max_bytes))
+    train = _windows(train_ids, seq_len, pad_tail=False)
+    val = _windows(val_ids, seq_len, pad_tail=True)
     corpus = f"{len(ids):,} bytes in windows of {seq_len}"
     return window_loaders(train, val, batch_size, seed, corpus, "raise max_bytes or lower seq_len")
 

@@ -8,6 +8,7 @@ and layers for transformers, base channels and blocks per stage for ConvNets).
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -64,28 +65,50 @@ class Recipe:
         return {"width": width, "depth": depth}
 
     def data_loaders(
-        self, batch_size: int, seed: int, path: str | None = None, *, text_column: str = "text"
+        self,
+        batch_size: int,
+        seed: int,
+        path: str | None = None,
+        *,
+        text_column: str = "text",
+        max_bytes: int | None = None,
+        val_path: str | None = None,
+        image_size: int | None = None,
     ) -> tuple[Any, Any, dict[str, Any]]:
         """Train and held-out loaders, and what the models must be built with (``num_classes``).
 
         ``path`` replaces the built-in data: an image folder (one sub-folder per
         class) for image recipes, a text file or folder for language recipes
         (with a tokenizer, also a token file, a ``datasets`` folder or
-        jsonl/parquet files, whose ``text_column`` holds the text).
+        jsonl/parquet files, whose ``text_column`` holds the text). Text is
+        read up to ``max_bytes`` (built-in text too); by default 2,000,000
+        bytes without a tokenizer, all of it with one (tokenized once, then
+        memory-mapped). The held-out data is ``val_path``, or the folder's
+        ``val/`` (``validation/``, ``test/``) beside its ``train/``
+        (:func:`comptlib.data.splits`), else a split of the training data.
+        A user's images are resized to ``image_size`` squares, by default the
+        size of the first training image, and the models built for that size.
         """
-        if path is None:
+        if path is None and (max_bytes is None or self.user_data != "text"):
             return (*self.loaders(batch_size, seed), {})
         from comptlib import data
 
+        path = path or "stdlib"
         if self.user_data == "images":
-            train, val, classes = data.image_folder_loaders(path, self.image_size, batch_size, seed=seed)
-            return train, val, {"num_classes": classes}
+            size = image_size or data.first_image_size(path)
+            options = {"val_root": val_path, "seed": seed}
+            train, val, classes = data.image_folder_loaders(path, size, batch_size, **options)
+            return train, val, {"num_classes": classes, "image_size": size}
+        if self.user_data == "text":
+            path, val_path = data.splits(path, val_path) if path != "stdlib" else (path, val_path)
         if self.user_data == "text" and self.tokenizer is not None:
             from comptlib.text import lm_loaders
 
-            return (*lm_loaders(path, self.tokenizer, batch_size=batch_size, text_column=text_column, seed=seed), {})
+            options = {"text_column": text_column, "max_bytes": max_bytes, "val_source": val_path, "seed": seed}
+            return (*lm_loaders(path, self.tokenizer, batch_size=batch_size, **options), {})
         if self.user_data == "text":
-            return (*data.text_loaders(batch_size, seed=seed, source=path), {})
+            cap = max_bytes or data.DEFAULT_TEXT_BYTES
+            return (*data.text_loaders(batch_size, seed=seed, source=path, max_bytes=cap, val_source=val_path), {})
         raise ValueError(f"data: the {self.family} recipe reads only its built-in data ({self.data})")
 
     def grower(self, method: str) -> Any:
@@ -98,16 +121,31 @@ class Recipe:
 
     def models(self, sizes: tuple[str, ...] | None = None, **options: Any) -> list[nn.Module]:
         """Fresh models for ``sizes`` (default: the recipe's ladder), built with ``options`` (``num_classes``)."""
+        if "image_size" not in inspect.signature(self.build).parameters:  # ConvNets take any size
+            options = {k: v for k, v in options.items() if k != "image_size"}
         return [self.build(**self.size(s), **options) for s in sizes or self.sizes]
 
 
-def _vit_at(image_size: int, patch_size: int) -> Callable[..., nn.Module]:
-    def build(width: int, depth: int, num_classes: int = 10) -> nn.Module:
+def vit_patch(image_size: int) -> int:
+    """The patch size for a user's images: the smallest divisor (at least 2) of ``image_size`` that makes at
+    most 8x8 patches (8 px: 2, 28 px: 4, 32 px: 4, 224 px: 28). A size with none (a prime) is refused."""
+    patch = next(p for p in range(2, image_size + 1) if image_size % p == 0 and image_size // p <= 8)
+    if patch == image_size:
+        raise ConfigError(
+            f"image_size: {image_size} px has no patch size that divides it into a grid; "
+            "give an --image-size with small divisors (e.g. 28, 32, 64)"
+        )
+    return patch
+
+
+def _vit_at(default_size: int, default_patch: int) -> Callable[..., nn.Module]:
+    def build(width: int, depth: int, num_classes: int = 10, image_size: int = default_size) -> nn.Module:
         from comptlib.families.vit import build_vit
 
         if width % 16:
             raise ConfigError(f"sizes: ViT width {width} must be a multiple of 16 (head_dim 16)")
-        return build_vit(width, depth, image_size=image_size, patch_size=patch_size, num_classes=num_classes)
+        patch = default_patch if image_size == default_size else vit_patch(image_size)
+        return build_vit(width, depth, image_size=image_size, patch_size=patch, num_classes=num_classes)
 
     return build
 

@@ -37,11 +37,14 @@ MARKER = ".comptlib-run.json"
 LOCK = ".comptlib.lock"
 CONFIG = "config.json"
 RUN_FILES = frozenset({MARKER, LOCK, CONFIG, "metrics.jsonl", "lineage.json", "report.json", "report.md", "report.png"})
+TRACKER_DIRS = frozenset({"tensorboard", "wandb", "mlruns"})  # what comptlib.loggers write: the run's too
 STAGE_FILES = frozenset({"model.safetensors", "model", "state.pt", "stage.json", "partial.pt", "README.md"})
 RESUMABLE = frozenset(
     {"sizes", "budgets", "targets", "eval_every", "checkpoint_every", "device", "num_workers", "compile", "strategy"}
+    | {"log_to"}
 )
-"""Config fields a resumed run may change: which stages exist, how long they train, where and how fast."""
+"""Config fields a resumed run may change: which stages exist, how long they train, where and how fast, where
+curves go."""
 
 
 class RunDirError(ComptError, ValueError):
@@ -177,7 +180,7 @@ def _check_resumable(path: Path, config: Mapping[str, Any]) -> None:
 def _owned(path: Path, stages: set[str]) -> Iterable[tuple[Path, bool]]:
     """Every entry in the run directory, with whether the run owns it."""
     for entry in path.iterdir():
-        if entry.name in RUN_FILES or (entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX)):
+        if entry.name in RUN_FILES | TRACKER_DIRS or (entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX)):
             yield entry, True
         elif entry.is_dir() and entry.name in stages:
             for inner in entry.iterdir():

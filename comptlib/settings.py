@@ -143,8 +143,18 @@ def open_fraction(field: str, value: Any) -> None:
         raise ConfigError(field, "in (0, 1)", value)
 
 
+def _logger(field: str, value: Any) -> None:
+    """A tracker's name, or a logger object (a :class:`~comptlib.callbacks.Callback`)."""
+    from comptlib.callbacks import Callback
+    from comptlib.loggers import LOGGERS
+
+    if isinstance(value, str) and value not in LOGGERS or not isinstance(value, (str, Callback)):
+        raise ConfigError(field, "one of " + ", ".join(LOGGERS) + " or a comptlib.loggers.Logger", value)
+
+
 # -- the declarations -----------------------------------------------------------
 SCHEDULES = ("cosine", "wsd")
+
 
 class _Params:
     """scikit-learn's view of a frozen settings group: nested ``optim__lr`` keys, cloned as itself."""
@@ -181,7 +191,9 @@ class Optim(_Params):
     grown_lr_scale: float = setting(1.0, "Peak-LR multiplier of grown models.", positive)
     grown_warmup: float = setting(0.05, "Warm-up of grown models, a fraction of their steps.", fraction)
     schedule: str = setting(
-        "cosine", "After the warm-up: cosine decay, or wsd (constant peak, then a linear decay).", one_of(*SCHEDULES),
+        "cosine",
+        "After the warm-up: cosine decay, or wsd (constant peak, then a linear decay).",
+        one_of(*SCHEDULES),
         cli=str,
     )
     decay: float = setting(0.2, "With schedule=wsd: the decay's share of each stage's steps.", open_fraction, cli=float)
@@ -281,6 +293,12 @@ class ChainSettings:
         "only for a grower given by name.",
         optional(number),
         cli=float,
+    )
+    loggers: Sequence[Any] | None = setting(
+        None,
+        "Experiment trackers, offline, in the run directory: tensorboard, wandb, mlflow (comma-separated).",
+        optional(each(_logger)),
+        cli="names",
     )
 
 

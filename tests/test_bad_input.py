@@ -134,6 +134,20 @@ def _plain(*args: str) -> Setup:
     return lambda tmp, out: list(args)
 
 
+def _prime_size(tmp: Path, out: Path) -> list[str]:
+    return ["--data", str(image_folder(tmp / "images")), "--image-size", "29", "--batch-size", "4"]
+
+
+def _val_missing(tmp: Path, out: Path) -> list[str]:
+    return ["--data", str(image_folder(tmp / "images")), "--val-data", "/no/val"]
+
+
+def _not_a_tokenizer(tmp: Path, out: Path) -> list[str]:
+    (tmp / "notes").mkdir()
+    (tmp / "notes" / "todo.txt").write_text("not a tokenizer")
+    return ["--family", "llama", "--tokenizer", str(tmp / "notes")]
+
+
 def _out_is_file(tmp: Path, out: Path) -> list[str]:
     out.write_text("my notes")
     return []
@@ -199,6 +213,23 @@ FRESH: list[tuple[str, Setup, tuple[str, ...], int]] = [
     ("image folder one class", _images("one-class"), ("class",), 2),
     ("text empty", _text(b""), ("corpus.txt", "empty"), 2),
     ("text not UTF-8", _text(b"caf\xe9 " * 400), ("corpus.txt", "UTF-8"), 2),
+    ("tokenizer missing", _plain("--family", "llama", "--tokenizer", "/no/tok"), ("tokenizer", "/no/tok"), 2),
+    ("tokenizer folder of notes", _not_a_tokenizer, ("tokenizer", "notes"), 2),
+    ("tokenizer on an image recipe", _plain("--tokenizer", "bpe"), ("tokenizer", "vit", "llama"), 2),
+    ("vocab size without bpe", _plain("--family", "llama", "--vocab-size", "500"), ("vocab_size", "bpe"), 2),
+    (
+        "vocab size too small",
+        _plain("--family", "llama", "--tokenizer", "bpe", "--vocab-size", "9"),
+        ("vocab_size",),
+        2,
+    ),
+    ("text column without a tokenizer", _plain("--family", "llama", "--text-column", "body"), ("text_column",), 2),
+    ("max bytes zero", _plain("--family", "llama", "--max-bytes", "0"), ("max_bytes",), 2),
+    ("max bytes on images", _plain("--max-bytes", "1000"), ("max_bytes", "vit"), 2),
+    ("unknown tracker", _plain("--log-to", "neptune"), ("neptune", "tensorboard"), 2),
+    ("image size without data", _plain("--image-size", "28"), ("image_size",), 2),
+    ("image size a prime", _prime_size, ("image_size", "29"), 2),
+    ("held-out data missing", _val_missing, ("val_data", "/no/val"), 2),
     ("out is a file", _out_is_file, ("is a file",), 2),
     ("out holds someone else's files", _stranger_dir(None), ("holds no comptlib run",), 2),
     ("force on someone else's folder", _stranger_dir("--force"), ("holds no comptlib run",), 2),

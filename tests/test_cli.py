@@ -198,3 +198,90 @@ def test_the_config_template_reads_back_as_the_recipes_run(tmp_path, family) -> 
     path.write_text(result.output)
     assert tomllib.loads(result.output)["chain"]["family"] == family
     assert RunConfig.resolve(path) == RunConfig.resolve(family=family)
+
+
+def test_tokenizer_train_then_grow_and_plan_on_it(tmp_path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def add(x, y):\n    return x + y\n" * 3000)
+    tok = tmp_path / "tok"
+    result = runner.invoke(app, ["tokenizer", "train", "--data", str(corpus), "--vocab-size", "270", "--out", str(tok)])
+    assert result.exit_code == 0 and "270 tokens" in result.output and str(tok) in flat(result.output), result.output
+    again = runner.invoke(app, ["tokenizer", "train", "--data", str(corpus), "--vocab-size", "268", "--out", str(tok)])
+    assert again.exit_code == 0, again.output  # its own tokenizer: trained again
+    lm = ["--family", "llama", "--sizes", "32x1,48x1", "--tokenizer", str(tok), "--data", str(corpus)]
+    plan = runner.invoke(app, ["plan", *lm, "--budgets", "4,2", "--unit", "steps"])
+    assert plan.exit_code == 0 and "268 tokens" in flat(plan.output), plan.output
+    out = tmp_path / "run"
+    steps = ["--budgets", "4,2", "--unit", "steps", "--no-progress", "--out", str(out)]
+    result = runner.invoke(app, ["grow", *lm, *steps])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["tokenizer"], config["text_column"]) == (str(tok), "text")
+    assert "268 tokens" in json.loads((out / "report.json").read_text())["data"]
+    other = tmp_path / "tok2"
+    runner.invoke(app, ["tokenizer", "train", "--data", str(corpus), "--vocab-size", "265", "--out", str(other)])
+    result = runner.invoke(app, ["grow", *lm[:5], str(other), *lm[6:], *steps, "--resume"])
+    assert result.exit_code == 2 and "tokenizer" in flat(result.output), result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--vocab-size", "300", "--data", "/no/corpus"], ("/no/corpus",)),
+        (["--vocab-size", "9", "--data", "stdlib"], ("vocab_size",)),
+        (["--data", "stdlib"], ("--vocab-size",)),
+        (["--vocab-size", "300", "--data", "stdlib", "--max-bytes", "0"], ("max_bytes",)),
+    ],
+)
+def test_tokenizer_train_refuses_bad_input(tmp_path, args, words) -> None:
+    result = runner.invoke(app, ["tokenizer", "train", *args, "--out", str(tmp_path / "tok")])
+    assert result.exit_code == 2 and all(w in flat(result.output) for w in words), result.output
+    assert not (tmp_path / "tok").exists()
+
+
+def test_tokenizer_train_keeps_a_folder_that_is_not_a_tokenizer(tmp_path) -> None:
+    (tmp_path / "thesis.tex").write_text("mine")
+    args = ["tokenizer", "train", "--data", "stdlib", "--vocab-size", "300", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "thesis.tex" in flat(result.output), result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+
+
+def _pngs(root, classes=("3", "7"), per_class=20, size=28) -> None:
+    from PIL import Image
+
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("L", (size, size), 10 * i + 100 * (c == classes[1])).save(root / c / f"{i}.png")
+
+
+def test_an_image_folder_split_into_train_and_val_holds_out_val(tmp_path) -> None:
+    for split in ("train", "val"):
+        _pngs(tmp_path / "mnist" / split, per_class=20 if split == "train" else 5)
+    args = ["grow", "--data", str(tmp_path / "mnist"), *TINY, "--batch-size", "8", "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert "images: 28x28 from the data" in text
+    assert f"40 for training from {tmp_path / 'mnist' / 'train'}" in text
+    assert f"held out: 10 images from {tmp_path / 'mnist' / 'val'}" in text
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["data"] == str(tmp_path / "mnist")
+    _pngs(tmp_path / "other", classes=("3", "8"), per_class=3)
+    wrong = runner.invoke(app, [*args[:-1], str(tmp_path / "r2"), "--val-data", str(tmp_path / "other")])
+    assert wrong.exit_code == 2 and "classes" in flat(wrong.output), wrong.output
+
+
+def test_a_text_folder_says_what_was_read_and_uses_its_val(tmp_path) -> None:
+    for i in range(5):
+        (tmp_path / "shakespeare" / "train").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "shakespeare" / "train" / f"{i}.txt").write_text("To be, or not to be.\n" * 200)
+    (tmp_path / "shakespeare" / "val").mkdir()
+    (tmp_path / "shakespeare" / "val" / "v.txt").write_text("That is the question.\n" * 100)
+    args = ["grow", "--family", "gpt2", "--data", str(tmp_path / "shakespeare"), "--sizes", "16x1,32x1"]
+    args += ["--budgets", "2,1", "--batch-size", "4", "--no-progress", "--max-bytes", "10000"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert "read 3 of 5 files, 10,000 of 21,000 bytes" in text and "--max-bytes" in text, text
+    assert f"from {tmp_path / 'shakespeare' / 'val'}" in text

@@ -106,7 +106,7 @@ def test_shrink_and_perturb_moves_the_grown_matrices_by_the_right_amount(digits)
 def test_growth_snr_sets_the_noise_of_a_grower_given_by_name() -> None:
     chain = Chain(models(), growth_snr_db=10.0)
     grower = chain._growers(family_of(chain.models[0]))[0]
-    assert grower.noise == pytest.approx(10 ** -0.5)  # 10 dB: noise std a third of the signal's
+    assert grower.noise == pytest.approx(10**-0.5)  # 10 dB: noise std a third of the signal's
     assert Chain(models())._growers(family_of(chain.models[0]))[0].noise == 0.0
 
 
