@@ -22,6 +22,7 @@ from comptlib.families.transformer import Block, Embedding, Roles, Stack, Transf
 from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import GrowthError, require_growth
 from comptlib.ops import HeadPlan, Proj, ResidualStream, Writer, corner
+from comptlib.portable import Spec, path_of
 from comptlib.transferer import FeatureMSE
 
 _GROW = ("hidden_dim", "num_heads", "mlp_dim", "num_layers")
@@ -69,6 +70,15 @@ def build_vit(
         mlp_dim=mlp_dim or 2 * hidden_dim,
         num_classes=num_classes,
     )
+
+
+def vit_spec(model: VisionTransformer) -> Spec:
+    """The constructor call that rebuilds ``model``'s modules (a grown eps is saved as a changed attribute)."""
+    dims = vit_dims(model)
+    keys = ("image_size", "patch_size", "num_heads", "hidden_dim", "mlp_dim", "num_classes")
+    kwargs = {k: dims[k] for k in keys} | {"num_layers": dims["num_layers"]}
+    kwargs |= {"dropout": model.dropout, "attention_dropout": model.attention_dropout}
+    return Spec(path_of(VisionTransformer), kwargs | {"representation_size": model.representation_size})
 
 
 def _roles(model: VisionTransformer) -> Roles:
@@ -170,5 +180,6 @@ VIT = register_family(
         forward=vit_forward,
         evaluate=evaluate_classifier,
         dims=vit_dims,
+        spec=vit_spec,
     )
 )
