@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block as TimmBlock
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import VisionTransformer, init_weights_vit_timm
 from torch import nn
 
 from comptlib.families.classification import classify, evaluate_classifier
@@ -154,6 +154,17 @@ def _unsupported(model: VisionTransformer) -> str | None:
 
 class TimmViTGrower(TransformerGrower):
     """Grows a timm ``VisionTransformer`` in width, heads, MLP size and depth."""
+
+    def init_module(self, model: nn.Module, module: nn.Module) -> None:
+        """timm's default ViT init (``init_weights_vit_timm``), tokens and position embedding included."""
+        if module is not model:
+            init_weights_vit_timm(module)
+            return
+        for token, std in ((model.cls_token, 1e-6), (model.reg_token, 1e-6)):
+            if token is not None:
+                nn.init.normal_(token, std=std)
+        if model.pos_embed is not None:
+            nn.init.trunc_normal_(model.pos_embed, std=0.02)
 
     def roles(self, model: nn.Module) -> Roles:
         return _roles(model)

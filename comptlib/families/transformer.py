@@ -145,7 +145,7 @@ class TransformerGrower(Grower):
 
     @torch.no_grad()
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
-        self.validate(source, target)
+        self.validate(source, self.materialize(target))
         s, t, writer = self.roles(source), self.roles(target), self.writer()
         if self.method == "exact":
             streams = self.streams(s, t)

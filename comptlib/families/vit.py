@@ -11,11 +11,12 @@ zero output columns, and new blocks get zero residual writers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchvision.models.vision_transformer import VisionTransformer
+from torchvision.models.vision_transformer import Encoder, MLPBlock, VisionTransformer
 
 from comptlib.families.classification import classify, evaluate_classifier
 from comptlib.families.transformer import Block, Embedding, Roles, Stack, TransformerGrower
@@ -143,6 +144,28 @@ class ViTGrower(TransformerGrower):
                 f"num_heads {s['num_heads']} -> {t['num_heads']}): source heads cannot be placed exactly; "
                 f"use at most {t['hidden_dim'] // s['head_dim']} heads or method='compt'"
             )
+
+    def init_module(self, model: nn.Module, module: nn.Module) -> None:
+        """torchvision's ViT init: xavier MLPs, a fan-in patch embedding, zero class token and head."""
+        super().init_module(model, module)
+        if isinstance(module, MLPBlock):
+            for layer in (m for m in module if isinstance(m, nn.Linear)):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.normal_(layer.bias, std=1e-6)
+        elif isinstance(module, Encoder):
+            nn.init.normal_(module.pos_embedding, std=0.02)
+        elif module is model:
+            conv = model.conv_proj
+            if isinstance(conv, nn.Conv2d):  # a convolutional stem keeps PyTorch's init (growth refuses it)
+                nn.init.trunc_normal_(conv.weight, std=math.sqrt(1 / (conv.in_channels * math.prod(conv.kernel_size))))
+                nn.init.zeros_(conv.bias)
+            nn.init.zeros_(model.class_token)
+            pre_logits = getattr(model.heads, "pre_logits", None)
+            if isinstance(pre_logits, nn.Linear):
+                nn.init.trunc_normal_(pre_logits.weight, std=math.sqrt(1 / pre_logits.in_features))
+                nn.init.zeros_(pre_logits.bias)
+            nn.init.zeros_(model.heads.head.weight)
+            nn.init.zeros_(model.heads.head.bias)
 
     def feature_map(self, source: nn.Module, target: nn.Module) -> torch.Tensor | None:
         if not self.exact:
