@@ -181,18 +181,19 @@ class Grower(abc.ABC):
                             fresh[id(old)] = nn.Parameter(new, requires_grad=old.requires_grad) if wrap else new
                         store[name] = fresh[id(old)]
         with torch.no_grad():
-            for module in reversed(list(target.modules())):
-                self.init_module(target, module)
+            for name, module in reversed(list(target.named_modules())):
+                self.init_module(target, name, module)
         return target
 
-    def init_module(self, model: nn.Module, module: nn.Module) -> None:
+    def init_module(self, model: nn.Module, name: str, module: nn.Module) -> None:
         """Initialise ``module``'s own tensors as ``model``'s constructor would.
 
         Here: a Hugging Face model's ``_init_weights``, else PyTorch's ``reset_parameters``.
 
         Families override it with their library's rule (torchvision's ViT
-        init, Hugging Face's ``_init_weights``, timm's). It sees every module,
-        children first.
+        init, Hugging Face's ``_init_weights``, timm's). It sees every module
+        (``name`` is its name in ``model``), children first; a rule that a
+        parent overrides should skip the child, so no tensor is drawn twice.
         """
         hf_rule = getattr(model, "_init_weights", None)  # a Hugging Face model carries its own
         if callable(hf_rule):

@@ -288,11 +288,12 @@ class ResNetGrower(_ConvGrower):
                         f"(stem or stage widths changed by different factors); no exact operator exists"
                     )
 
-    def init_module(self, model: nn.Module, module: nn.Module) -> None:
+    def init_module(self, model: nn.Module, name: str, module: nn.Module) -> None:
         """torchvision's ResNet init: He-normal convolutions (fan out), BatchNorm at 1 and 0."""
-        super().init_module(model, module)
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        else:
+            super().init_module(model, name, module)
 
     @torch.no_grad()
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
@@ -342,14 +343,15 @@ class ConvNeXtGrower(_ConvGrower):
         """False after an approximate width growth, True when only depth grows."""
         return self.exact and _convnext_widths(convnext_dims(source)) == _convnext_widths(convnext_dims(target))
 
-    def init_module(self, model: nn.Module, module: nn.Module) -> None:
+    def init_module(self, model: nn.Module, name: str, module: nn.Module) -> None:
         """torchvision's ConvNeXt init: truncated-normal (0.02) convolutions and linears, layer scale 1e-6 (its default)."""
-        super().init_module(model, module)
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, CNBlock):
+            return
+        super().init_module(model, name, module)
+        if isinstance(module, CNBlock):
             nn.init.constant_(module.layer_scale, 1e-6)
 
     @torch.no_grad()

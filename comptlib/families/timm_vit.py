@@ -155,10 +155,10 @@ def _unsupported(model: VisionTransformer) -> str | None:
 class TimmViTGrower(TransformerGrower):
     """Grows a timm ``VisionTransformer`` in width, heads, MLP size and depth."""
 
-    def init_module(self, model: nn.Module, module: nn.Module) -> None:
+    def init_module(self, model: nn.Module, name: str, module: nn.Module) -> None:
         """timm's default ViT init (``init_weights_vit_timm``), tokens and position embedding included."""
         if module is not model:
-            init_weights_vit_timm(module)
+            init_weights_vit_timm(module, name)
             return
         for token, std in ((model.cls_token, 1e-6), (model.reg_token, 1e-6)):
             if token is not None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchvision.models.vision_transformer import Encoder, MLPBlock, VisionTransformer
+from torchvision.models.vision_transformer import Encoder, VisionTransformer
 
 from comptlib.families.classification import classify, evaluate_classifier
 from comptlib.families.transformer import Block, Embedding, Roles, Stack, TransformerGrower
@@ -145,14 +145,14 @@ class ViTGrower(TransformerGrower):
                 f"use at most {t['hidden_dim'] // s['head_dim']} heads or method='compt'"
             )
 
-    def init_module(self, model: nn.Module, module: nn.Module) -> None:
+    def init_module(self, model: nn.Module, name: str, module: nn.Module) -> None:
         """torchvision's ViT init: xavier MLPs, a fan-in patch embedding, zero class token and head."""
-        super().init_module(model, module)
-        if isinstance(module, MLPBlock):
-            for layer in (m for m in module if isinstance(m, nn.Linear)):
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.normal_(layer.bias, std=1e-6)
-        elif isinstance(module, Encoder):
+        if isinstance(module, nn.Linear) and name.rpartition(".")[0].endswith(".mlp"):
+            nn.init.xavier_uniform_(module.weight)  # what MLPBlock sets, in place of Linear's own init
+            nn.init.normal_(module.bias, std=1e-6)
+            return
+        super().init_module(model, name, module)
+        if isinstance(module, Encoder):
             nn.init.normal_(module.pos_embedding, std=0.02)
         elif module is model:
             conv = model.conv_proj

@@ -181,9 +181,12 @@ def grow_reader(
     src_rows = torch.arange(src.weight.shape[0]) if src_rows is None else src_rows
     rows = src_rows if rows is None else rows
     row_scale = scale[:, None].to(src.weight) if isinstance(scale, torch.Tensor) else scale
-    cols, values = stream.read(src.weight[src_rows] * row_scale, writer)
+    span = _span(src_rows)
+    every = isinstance(span, slice) and span == slice(0, src.weight.shape[0])
+    cols, values = stream.read((src.weight if every else src.weight[src_rows]) * row_scale, writer)
     weight = Canvas(tgt.weight)
-    weight.put((rows[:, None], cols[None, :]), values)
+    r, c = _span(rows), _span(cols)
+    weight.put((r, c) if isinstance(r, slice) and isinstance(c, slice) else (rows[:, None], cols[None, :]), values)
     parts = [(tgt.weight, weight)]
     if tgt.bias is not None:
         bias = Canvas(tgt.bias)
@@ -193,6 +196,14 @@ def grow_reader(
         if zero is not None:
             canvas.put(zero, 0.0)
         writer(param, canvas)
+
+
+def _span(index: torch.Tensor) -> slice | torch.Tensor:
+    """``index`` as a slice when it is a run of consecutive positions (a copy, not a gather), else itself."""
+    n = index.numel()
+    if n and int(index[-1]) - int(index[0]) == n - 1 and (n == 1 or bool((index.diff() == 1).all())):
+        return slice(int(index[0]), int(index[0]) + n)
+    return index
 
 
 def grow_writer(src: Proj, tgt: Proj, cols: torch.Tensor, stream: ResidualStream, writer: Writer) -> None:
