@@ -67,7 +67,7 @@ class Family:
     ``evaluate``'s result that the chain reports, and ``higher_is_better`` how
     to read it. ``transferer`` is called with no arguments for each link's
     default distillation loss. ``spec`` gives the :class:`~comptlib.portable.Spec`
-    that rebuilds a model (for ``model.json`` and :func:`comptlib.load`);
+    that rebuilds a model (saved in its safetensors header, for :func:`comptlib.load`);
     ``None`` where ``save_pretrained`` saves everything. :func:`register_family` shows a whole family
     built and registered.
 

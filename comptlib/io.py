@@ -107,7 +107,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 def save_model(model: nn.Module, path: str | Path, *, files: Mapping[str, str] | None = None) -> Path:
     """Save a model durably: a ``save_pretrained`` folder for transformers, safetensors otherwise.
 
-    Safetensors get a ``.json`` beside them that rebuilds the model
+    Safetensors carry in their header what rebuilds the model
     (:mod:`comptlib.portable`), when its family can. ``files`` are text files
     written into a ``save_pretrained`` folder with it (its model card). A
     folder cannot be renamed over another atomically, so the old one is
@@ -116,15 +116,13 @@ def save_model(model: nn.Module, path: str | Path, *, files: Mapping[str, str] |
     """
     from safetensors.torch import save_model as _save
 
-    from comptlib.portable import describe, spec_path
+    from comptlib.portable import METADATA_KEY, describe
 
     path = Path(path)
     if not hasattr(model, "save_pretrained"):
-        atomic_write(path, lambda tmp: _save(model, str(tmp)))
         spec = describe(model)
-        if spec is not None:
-            write_json(spec_path(path), spec)
-        return path
+        metadata = None if spec is None else {METADATA_KEY: json.dumps(spec, allow_nan=False)}
+        return atomic_write(path, lambda tmp: _save(model, str(tmp), metadata=metadata))
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_folder(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))

@@ -1,7 +1,9 @@
-"""What rebuilds a saved model exactly, with no pickle: ``model.json`` beside ``model.safetensors``.
+"""What rebuilds a saved model exactly, with no pickle: a JSON entry in ``model.safetensors``'s own header.
 
 Weights alone do not make a model: a grown torchvision ViT's LayerNorms have
-an eps its constructor never sets. ``model.json`` holds the model's class, a
+an eps its constructor never sets. The ``comptlib.model`` metadata entry of
+the safetensors file (:data:`METADATA_KEY`, read with ``safetensors.safe_open(...).metadata()``;
+one file, so weights and recipe are written in one atomic rename) holds the model's class, a
 builder and its arguments (a family's :class:`Spec`), and every plain module
 attribute (an eps, a dropout rate) that differs from what that builder makes.
 :func:`load` rebuilds from it and loads the weights; a ``save_pretrained``
@@ -23,7 +25,7 @@ from torch import nn
 
 from comptlib.errors import ComptError
 
-MODEL_FILE = "model.json"
+METADATA_KEY = "comptlib.model"
 FORMAT = 1
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -97,7 +99,7 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def describe(model: nn.Module) -> dict[str, Any] | None:
-    """``model.json``'s content for ``model``, or None (with a warning) when its family cannot rebuild it.
+    """The rebuild recipe of ``model`` (a JSON-able dict), or None (with a warning) when its family cannot rebuild it.
 
     The builder runs on the meta device, so this costs no memory; a rebuilt
     model whose modules or weight shapes differ is refused rather than saved.
@@ -116,7 +118,7 @@ def describe(model: nn.Module) -> dict[str, Any] | None:
     if _shapes(built) != _shapes(model) or [n for n, _ in built.named_modules()] != [n for n, _ in model.named_modules()]:
         warnings.warn(
             f"{type(model).__name__}: {spec.build} does not rebuild this model's modules; "
-            f"no {MODEL_FILE} is saved, so comptlib.load cannot rebuild it",
+            f"no {METADATA_KEY} metadata is saved, so comptlib.load cannot rebuild it",
             stacklevel=2,
         )
         return None
@@ -129,11 +131,6 @@ def describe(model: nn.Module) -> dict[str, Any] | None:
     }
 
 
-def spec_path(weights: Path) -> Path:
-    """Where the ``model.json`` of a safetensors file goes: beside it, same stem."""
-    return weights.with_suffix(".json")
-
-
 class LoadError(ComptError, ValueError):
     """A folder or file that :func:`load` cannot rebuild a model from, saying what is missing."""
 
@@ -142,7 +139,7 @@ def load(path: str | Path) -> nn.Module:
     """Rebuild a model saved by comptlib and load its weights, running no pickled code; in eval mode.
 
     ``path`` is a stage folder, a ``save_pretrained`` folder, or a
-    ``.safetensors`` file with its ``.json`` beside it.
+    ``.safetensors`` file saved by :func:`comptlib.io.save_model`.
 
     >>> import tempfile, torch, comptlib
     >>> from comptlib.families.vit import build_vit
@@ -164,12 +161,17 @@ def load(path: str | Path) -> nn.Module:
         if (path / "config.json").exists():
             return _from_pretrained(path)
         path = path / "model.safetensors"
-    meta = spec_path(path)
-    if not meta.exists():
-        raise LoadError(f"{meta} is missing: {path} was not saved by comptlib with a rebuildable family")
-    info = json.loads(meta.read_text())
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise LoadError(f"{path} is missing")
+    with safe_open(str(path), "pt") as f:
+        entry = (f.metadata() or {}).get(METADATA_KEY)
+    if entry is None:
+        raise LoadError(f"{path} has no {METADATA_KEY} metadata: it was not saved by comptlib with a rebuildable family")
+    info = json.loads(entry)
     if info.get("format") != FORMAT:
-        raise LoadError(f"{meta}: format {info.get('format')!r}, this comptlib reads format {FORMAT}")
+        raise LoadError(f"{path}: format {info.get('format')!r}, this comptlib reads format {FORMAT}")
     model = Spec(info["build"], _decode(info["kwargs"]))()
     modules = dict(model.named_modules())
     for name, changed in info["attributes"].items():

@@ -1,4 +1,4 @@
-"""Saved stages reload to the same function in a fresh process, with no pickle; model cards and model.json."""
+"""Saved stages reload to the same function in a fresh process, with no pickle; model cards and the rebuild recipe."""
 
 import json
 import subprocess
@@ -18,7 +18,7 @@ from comptlib.families.convnet import convnext, resnet
 from comptlib.families.decoder_lm import build_gpt2, build_llama, build_qwen2
 from comptlib.families.timm_vit import build_timm_vit
 from comptlib.families.vit import build_vit
-from comptlib.portable import MODEL_FILE
+from comptlib.portable import METADATA_KEY
 
 IMAGES = {"x": torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))}
 TOKENS = {"input_ids": torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(0))}
@@ -93,10 +93,13 @@ def test_every_family_reloads_to_the_same_function_in_a_fresh_process(tmp_path: 
         assert torch.equal(reloaded[name], out), name
 
 
-def test_grown_vit_eps_is_in_model_json_and_rebuilds_without_it_drifting(tmp_path: Path) -> None:
+def test_grown_vit_eps_is_in_the_safetensors_header(tmp_path: Path) -> None:
     target = comptlib.grow(perturb(build_vit(16, 1)), build_vit(32, 2)).eval()
     save_stage(tmp_path, target, _record("vit"), {})
-    spec = json.loads((tmp_path / MODEL_FILE).read_text())
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        spec = json.loads(f.metadata()[METADATA_KEY])
     assert spec["class"] == "torchvision.models.vision_transformer.VisionTransformer"
     assert spec["attributes"]["encoder.ln"] == {"eps": target.encoder.ln.eps}
     assert not (tmp_path / "README.md").exists()  # cards go with save_pretrained folders
@@ -110,9 +113,9 @@ def test_a_save_pretrained_stage_has_a_model_card_with_its_lineage(tmp_path: Pat
         assert key in front, key
 
 
-def test_a_model_without_model_json_names_what_is_missing(tmp_path: Path) -> None:
+def test_weights_without_the_recipe_name_what_is_missing(tmp_path: Path) -> None:
     from safetensors.torch import save_model
 
     save_model(build_vit(16, 1), str(tmp_path / "model.safetensors"))
-    with pytest.raises(comptlib.ComptError, match="model.json is missing"):
+    with pytest.raises(comptlib.ComptError, match="no comptlib.model metadata"):
         comptlib.load(tmp_path)
