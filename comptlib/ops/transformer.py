@@ -120,6 +120,7 @@ class ResidualStream:
         blocks = share.expand(self.copies, *share.shape)
         if writer.noise:
             eps = torch.randn(blocks.shape, generator=writer.gen) * (writer.noise * share.float().std().item())
+            eps = eps.to(torch.promote_types(eps.dtype, share.dtype))  # a float64 stream cancels in float64
             blocks = blocks + (eps - eps.mean(0)).to(share)
         return torch.arange(self.big), blocks.permute(1, 0, 2).reshape(weight.shape[0], self.big)
 
