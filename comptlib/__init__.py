@@ -6,6 +6,7 @@ from comptlib.chain import Chain
 from comptlib.errors import ComptError, ConfigError, DivergenceError
 from comptlib.family import Family, Outputs, family_of, list_families, register_family
 from comptlib.grower import Grower, GrowthCheck, GrowthError, grow
+from comptlib.portable import load
 from comptlib.settings import Optim, Runtime
 from comptlib.transferer import FeatureMSE, LogitKL, Transferer, WeightedSum
 
@@ -32,5 +33,6 @@ __all__ = [
     "family_of",
     "grow",
     "list_families",
+    "load",
     "register_family",
 ]

@@ -22,6 +22,7 @@ import attrs
 import torch
 from torch import nn
 
+from comptlib.card import model_card
 from comptlib.errors import ComptError
 from comptlib.io import atomic_write, read_jsonl, recover_folder, save_model, write_json
 
@@ -151,9 +152,10 @@ def _model_path(folder: Path, model: nn.Module) -> Path:
 
 
 def save_stage(folder: Path, model: nn.Module, record: dict[str, Any], state: dict[str, Any]) -> None:
-    """Save a finished stage: weights, then the RNG/stream state, then ``stage.json`` last."""
+    """Save a finished stage: weights (a ``save_pretrained`` folder with its model card), then the RNG/stream
+    state, then ``stage.json`` last."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, _model_path(folder, model))
+    save_model(model, _model_path(folder, model), files={"README.md": model_card(record)})
     atomic_write(folder / "state.pt", lambda tmp: torch.save(state, tmp))
     write_json(folder / STAGE_FILE, record)
     (folder / PARTIAL_FILE).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from comptlib.grower import Grower
+from comptlib.portable import Spec
 
 
 @attrs.define
@@ -65,7 +66,9 @@ class Family:
     ...) that must not shrink along a chain. ``metric`` names the key of
     ``evaluate``'s result that the chain reports, and ``higher_is_better`` how
     to read it. ``transferer`` is called with no arguments for each link's
-    default distillation loss. :func:`register_family` shows a whole family
+    default distillation loss. ``spec`` gives the :class:`~comptlib.portable.Spec`
+    that rebuilds a model (saved in its safetensors header, for :func:`comptlib.load`);
+    ``None`` where ``save_pretrained`` saves everything. :func:`register_family` shows a whole family
     built and registered.
 
     Examples
@@ -90,6 +93,7 @@ class Family:
     dims: Callable[[nn.Module], Mapping[str, int]]
     metric: str = "accuracy"
     higher_is_better: bool = True
+    spec: Callable[[nn.Module], Spec] | None = None
 
 
 ENTRY_POINT_GROUP = "comptlib.families"

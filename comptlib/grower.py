@@ -155,6 +155,55 @@ class Grower(abc.ABC):
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
         """Write ``source`` into ``target`` in place and return ``target``."""
 
+    def materialize(self, target: nn.Module) -> nn.Module:
+        """Give a target built on the ``meta`` device real CPU storage, each module drawn from its own init rule.
+
+        Building a large target under ``torch.device("meta")`` costs nothing;
+        here each tensor is allocated once and initialised once by
+        :meth:`init_module` (children before parents, as constructors do),
+        and growth then writes into it in place, so no full random init is
+        made only to be overwritten. A target with no meta tensor is
+        returned as it is; one with some tensors on meta and others not is a
+        ValueError.
+        """
+        tensors = [*target.parameters(), *target.buffers()]
+        meta = [t.is_meta for t in tensors]
+        if not any(meta):
+            return target
+        if not all(meta):
+            raise ValueError("the target has tensors on the meta device and others not: build it wholly on meta")
+        fresh: dict[int, torch.Tensor] = {}  # tied tensors stay tied
+        for module in target.modules():
+            for store, wrap in ((module._parameters, True), (module._buffers, False)):
+                for name, old in store.items():
+                    if old is not None and old.is_meta:
+                        if id(old) not in fresh:
+                            new = torch.empty_like(old, device="cpu")
+                            fresh[id(old)] = nn.Parameter(new, requires_grad=old.requires_grad) if wrap else new
+                        store[name] = fresh[id(old)]
+        with torch.no_grad():
+            for name, module in reversed(list(target.named_modules())):
+                self.init_module(target, name, module)
+        return target
+
+    def init_module(self, model: nn.Module, name: str, module: nn.Module) -> None:
+        """Initialise ``module``'s own tensors as ``model``'s constructor would.
+
+        Here: a Hugging Face model's ``_init_weights``, else PyTorch's ``reset_parameters``.
+
+        Families override it with their library's rule (torchvision's ViT
+        init, Hugging Face's ``_init_weights``, timm's). It sees every module
+        (``name`` is its name in ``model``), children first; a rule that a
+        parent overrides should skip the child, so no tensor is drawn twice.
+        """
+        hf_rule = getattr(model, "_init_weights", None)  # a Hugging Face model carries its own
+        if callable(hf_rule):
+            hf_rule(module)
+            return
+        reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+        if callable(reset):  # MultiheadAttention names it _reset_parameters
+            reset()
+
     def require_type(self, source: nn.Module, target: nn.Module, cls: type, library: str) -> None:
         """Raise TypeError naming the model (source or target) that is not a ``library`` ``cls``."""
         for role, model in (("source", source), ("target", target)):
@@ -237,12 +286,20 @@ def grow(source: nn.Module, target: nn.Module, method: Method = "exact", **kwarg
     >>> x = torch.randn(2, 3, 8, 8)
     >>> torch.allclose(small.eval()(x), large.eval()(x), atol=1e-5)
     True
+
+    A target built on the ``meta`` device is allocated and initialised once,
+    tensor by tensor, and grown in place (:meth:`Grower.materialize`):
+
+    >>> with torch.device("meta"):
+    ...     large = VisionTransformer(8, 2, num_layers=3, num_heads=3, hidden_dim=24, mlp_dim=40, num_classes=3)
+    >>> torch.allclose(small(x), comptlib.grow(small, large).eval()(x), atol=1e-5)
+    True
     """
     from comptlib.family import family_of
 
     grower = family_of(source).grower(method, **kwargs)
     family_of(target)  # a target of an unknown type fails here with the registry's message
-    grower.validate(source, target)
+    grower.validate(source, grower.materialize(target))
     return grower.grow(source, target)
 
 

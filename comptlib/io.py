@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,23 +104,32 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return entries
 
 
-def save_model(model: nn.Module, path: str | Path) -> Path:
+def save_model(model: nn.Module, path: str | Path, *, files: Mapping[str, str] | None = None) -> Path:
     """Save a model durably: a ``save_pretrained`` folder for transformers, safetensors otherwise.
 
-    A folder cannot be renamed over another atomically, so the old one is
+    Safetensors carry in their header what rebuilds the model
+    (:mod:`comptlib.portable`), when its family can. ``files`` are text files
+    written into a ``save_pretrained`` folder with it (its model card). A
+    folder cannot be renamed over another atomically, so the old one is
     first renamed to ``.NAME.old``; :func:`recover_folder` finishes or undoes
     a swap that a crash interrupted, and runs before every save and load.
     """
     from safetensors.torch import save_model as _save
 
+    from comptlib.portable import METADATA_KEY, describe
+
     path = Path(path)
     if not hasattr(model, "save_pretrained"):
-        return atomic_write(path, lambda tmp: _save(model, str(tmp)))
+        spec = describe(model)
+        metadata = None if spec is None else {METADATA_KEY: json.dumps(spec, allow_nan=False)}
+        return atomic_write(path, lambda tmp: _save(model, str(tmp), metadata=metadata))
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_folder(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
     try:
         model.save_pretrained(tmp)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         _fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

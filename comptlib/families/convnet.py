@@ -54,6 +54,7 @@ from comptlib.families.classification import classify, evaluate_classifier
 from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import Grower, GrowthError, Method, require_growth
 from comptlib.ops import Canvas, ResidualStream, Writer, compt_depth_map, exact_depth_map, grow_norm, identity_block
+from comptlib.portable import Spec, path_of
 from comptlib.transferer import FeatureMSE
 
 CONVNEXT_WIDTH_ERROR = 0.1
@@ -70,6 +71,8 @@ def resnet(
     num_classes: int = 1000,
     *,
     stem: int | None = None,
+    groups: int = 1,
+    width_per_group: int = 64,
 ) -> ResNet:
     """A plain torchvision ``ResNet`` with any stage widths and 1 to 4 stages.
 
@@ -78,12 +81,13 @@ def resnet(
     the standard model on the meta device, so it costs nothing, and then swaps
     in a stem, stages (from torchvision's own ``_make_layer``) and classifier
     of the asked sizes, initialised as torchvision does. Stages past ``len(widths)`` are empty, so they are the identity.
-    ``stem`` (default ``widths[0]``) is the stem's width.
+    ``stem`` (default ``widths[0]``) is the stem's width; ``groups`` and
+    ``width_per_group`` are torchvision's (``wide_resnet50_2`` has 128).
     """
     if not 1 <= len(widths) <= 4 or len(layers) != len(widths) or min(layers) < 1:
         raise ValueError(f"need 1-4 stages with at least one block each, got layers={layers}, widths={widths}")
     with torch.device("meta"):
-        model = ResNet(block, [1, 1, 1, 1], num_classes=num_classes)
+        model = ResNet(block, [1, 1, 1, 1], num_classes=num_classes, groups=groups, width_per_group=width_per_group)
     model.inplanes = widths[0] if stem is None else stem
     model.conv1 = nn.Conv2d(3, model.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
     model.bn1 = nn.BatchNorm2d(model.inplanes)
@@ -136,6 +140,30 @@ def resnet_dims(model: ResNet) -> dict[str, int]:
         dims[f"stage{i}_inner"] = stage[0].conv1.out_channels
         dims[f"stage{i}_blocks"] = len(stage)
     return dims
+
+
+def resnet_spec(model: ResNet) -> Spec:
+    """The :func:`resnet` call that rebuilds ``model``'s modules (a dilation, say, is saved as a changed attribute)."""
+    stages = _resnet_stages(model)
+    block = type(stages[0][0])
+    kwargs = {
+        "block": block,
+        "layers": [len(stage) for stage in stages],
+        "widths": [_last_bn(stage[0]).num_features // block.expansion for stage in stages],
+        "num_classes": model.fc.out_features,
+        "stem": model.conv1.out_channels,
+        "groups": model.groups,
+        "width_per_group": model.base_width,
+    }
+    return Spec(path_of(resnet), kwargs)
+
+
+def convnext_spec(model: ConvNeXt) -> Spec:
+    """The :func:`convnext` call that rebuilds ``model``'s modules (stochastic depth and eps are saved as attributes)."""
+    dims = convnext_dims(model)
+    widths = [dims[f"stage{i}_channels"] for i in range(1, dims["num_stages"] + 1)]
+    depths = [dims[f"stage{i}_blocks"] for i in range(1, dims["num_stages"] + 1)]
+    return Spec(path_of(convnext), {"widths": widths, "depths": depths, "num_classes": dims["num_classes"]})
 
 
 def _convnext_stages(model: ConvNeXt) -> list[nn.Sequential]:
@@ -260,9 +288,16 @@ class ResNetGrower(_ConvGrower):
                         f"(stem or stage widths changed by different factors); no exact operator exists"
                     )
 
+    def init_module(self, model: nn.Module, name: str, module: nn.Module) -> None:
+        """torchvision's ResNet init: He-normal convolutions (fan out), BatchNorm at 1 and 0."""
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        else:
+            super().init_module(model, name, module)
+
     @torch.no_grad()
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
-        self.validate(source, target)
+        self.validate(source, self.materialize(target))
         writer = self.writer()
         pairs: list[tuple[nn.Module, nn.Module]] = [(source.conv1, target.conv1), (source.bn1, target.bn1)]
         for sb, tb in self._blocks(_resnet_stages(source), _resnet_stages(target)):
@@ -308,9 +343,20 @@ class ConvNeXtGrower(_ConvGrower):
         """False after an approximate width growth, True when only depth grows."""
         return self.exact and _convnext_widths(convnext_dims(source)) == _convnext_widths(convnext_dims(target))
 
+    def init_module(self, model: nn.Module, name: str, module: nn.Module) -> None:
+        """torchvision's ConvNeXt init: truncated-normal (0.02) convolutions and linears, layer scale 1e-6 (its default)."""
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+            return
+        super().init_module(model, name, module)
+        if isinstance(module, CNBlock):
+            nn.init.constant_(module.layer_scale, 1e-6)
+
     @torch.no_grad()
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
-        self.validate(source, target)
+        self.validate(source, self.materialize(target))
         writer = self.writer()
         if self.exact:
             self._grow_mean_fill(source, target, writer)
@@ -413,6 +459,7 @@ RESNET = register_family(
         forward=convnet_forward,
         evaluate=evaluate_classifier,
         dims=resnet_dims,
+        spec=resnet_spec,
     )
 )
 
@@ -425,5 +472,6 @@ CONVNEXT = register_family(
         forward=convnet_forward,
         evaluate=evaluate_classifier,
         dims=convnext_dims,
+        spec=convnext_spec,
     )
 )

@@ -54,6 +54,7 @@ from comptlib.ops import (
     head_plan,
     rope_dim_map,
     rope_mismatch,
+    shared_head_plan,
     stack_depth_map,
 )
 from comptlib.transferer import LogitKL
@@ -196,7 +197,9 @@ class DecoderLMGrower(TransformerGrower):
     """Grows a causal LM (Llama layout or GPT-2) in width, heads, kv heads, MLP size and depth.
 
     ``approximate=True`` allows, under RoPE, a head_dim change whose rotation
-    frequencies do not all reappear in the target; the grower then no longer
+    frequencies do not all reappear in the target, and fewer, wider query
+    heads (Qwen2.5 0.5B -> 1.5B: source heads share target heads,
+    :func:`~comptlib.ops.shared_head_plan`); the grower then no longer
     promises exactness and :meth:`check` measures the error. ``depth`` picks
     how ``method="compt"`` fills extra blocks: ``"interleave"`` (CoM-PT,
     ``l -> 2l, 2l+1``) or ``"stack"`` (G_stack, the whole stack repeated).
@@ -243,7 +246,19 @@ class DecoderLMGrower(TransformerGrower):
             )
         s_roles, t_roles = _roles(source).stacks[0], _roles(target).stacks[0]
         s, t = decoder_lm_dims(source), decoder_lm_dims(target)
-        require_growth(s, t, grow=_GROW, equal=("vocab_size",))
+        fewer_heads = t["num_attention_heads"] < s["num_attention_heads"]
+        if fewer_heads and self.exact:
+            raise GrowthError(
+                f"num_attention_heads shrinks: {s['num_attention_heads']} -> {t['num_attention_heads']}; "
+                f"approximate=True lets source heads share wider target heads, method='compt' warm-starts"
+            )
+        if fewer_heads and t["num_attention_heads"] * t["head_dim"] < s["num_attention_heads"] * s["head_dim"]:
+            raise GrowthError(
+                f"attention width (heads x head_dim) shrinks: {s['num_attention_heads']} x {s['head_dim']} -> "
+                f"{t['num_attention_heads']} x {t['head_dim']}"
+            )
+        grow = tuple(k for k in _GROW if not (fewer_heads and k == "num_attention_heads"))
+        require_growth(s, t, grow=grow, equal=("vocab_size",))
         if t["max_position_embeddings"] < s["max_position_embeddings"]:
             raise GrowthError(
                 f"max_position_embeddings shrinks: {s['max_position_embeddings']} -> {t['max_position_embeddings']}"
@@ -293,7 +308,13 @@ class DecoderLMGrower(TransformerGrower):
                 )
             gain = (source.rotary.attention_scaling / target.rotary.attention_scaling) ** 2
         try:
-            return head_plan(source.heads, target.heads, hd, new_hd, dim_map=dim_map, gain=gain)
+            if target.heads[0] >= source.heads[0]:
+                return head_plan(source.heads, target.heads, hd, new_hd, dim_map=dim_map, gain=gain)
+        except ValueError as err:
+            if not self.approximate:
+                raise GrowthError(f"{err}; approximate=True lets source heads share wider target heads") from err
+        try:
+            return shared_head_plan(source.heads, target.heads, hd, new_hd, rope_map=dim_map, gain=gain)
         except ValueError as err:
             raise GrowthError(str(err)) from err
 

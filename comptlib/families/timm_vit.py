@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block as TimmBlock
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import VisionTransformer, init_weights_vit_timm
 from torch import nn
 
 from comptlib.families.classification import classify, evaluate_classifier
@@ -24,6 +24,7 @@ from comptlib.families.transformer import Block, Embedding, Roles, Stack, Transf
 from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import GrowthError, require_growth
 from comptlib.ops import Proj
+from comptlib.portable import Spec, path_of
 from comptlib.transferer import FeatureMSE
 
 _GROW = ("embed_dim", "num_heads", "mlp_dim", "depth")
@@ -66,6 +67,27 @@ def build_timm_vit(
         num_classes=num_classes,
         **kw,
     )
+
+
+def timm_vit_spec(model: VisionTransformer) -> Spec:
+    """The constructor call that rebuilds ``model``'s modules; layer scale and norm eps come from the weights and attributes."""
+    dims, block = timm_vit_dims(model), model.blocks[0]
+    hidden, width = dims["mlp_dim"], dims["embed_dim"]
+    ratio = hidden / width if int(width * (hidden / width)) == hidden else (hidden + 0.5) / width  # timm: int(width * ratio)
+    kwargs = {k: dims[k] for k in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "num_heads", "depth")}
+    kwargs |= {
+        "mlp_ratio": ratio,
+        "global_pool": model.global_pool,
+        "class_token": model.has_class_token,
+        "reg_tokens": model.num_reg_tokens,
+        "no_embed_class": model.no_embed_class,
+        "pre_norm": _is_norm(model.norm_pre),
+        "final_norm": _is_norm(model.norm),
+        "fc_norm": _is_norm(model.fc_norm),
+        "qkv_bias": block.attn.qkv.bias is not None,
+        "init_values": None if isinstance(block.ls1, nn.Identity) else 1.0,
+    }
+    return Spec(path_of(VisionTransformer), kwargs)
 
 
 def _block(layer: TimmBlock) -> Block:
@@ -133,6 +155,17 @@ def _unsupported(model: VisionTransformer) -> str | None:
 class TimmViTGrower(TransformerGrower):
     """Grows a timm ``VisionTransformer`` in width, heads, MLP size and depth."""
 
+    def init_module(self, model: nn.Module, name: str, module: nn.Module) -> None:
+        """timm's default ViT init (``init_weights_vit_timm``), tokens and position embedding included."""
+        if module is not model:
+            init_weights_vit_timm(module, name)
+            return
+        for token, std in ((model.cls_token, 1e-6), (model.reg_token, 1e-6)):
+            if token is not None:
+                nn.init.normal_(token, std=std)
+        if model.pos_embed is not None:
+            nn.init.trunc_normal_(model.pos_embed, std=0.02)
+
     def roles(self, model: nn.Module) -> Roles:
         return _roles(model)
 
@@ -182,5 +215,6 @@ TIMM_VIT = register_family(
         forward=timm_vit_forward,
         evaluate=evaluate_classifier,
         dims=timm_vit_dims,
+        spec=timm_vit_spec,
     )
 )

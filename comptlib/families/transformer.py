@@ -145,7 +145,7 @@ class TransformerGrower(Grower):
 
     @torch.no_grad()
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
-        self.validate(source, target)
+        self.validate(source, self.materialize(target))
         s, t, writer = self.roles(source), self.roles(target), self.writer()
         if self.method == "exact":
             streams = self.streams(s, t)
@@ -189,6 +189,8 @@ class TransformerGrower(Grower):
         grow_norm(sb.attn_norm, tb.attn_norm, stream, writer, eps_attr=eps)
         grow_norm(sb.mlp_norm, tb.mlp_norm, stream, writer, eps_attr=eps)
         q_scale = self.q_scale(sb, tb, plan)
+        if plan.q_share is not None:  # heads sharing a target head: their mean logit
+            q_scale = q_scale * plan.q_share
         grow_reader(sb.q, tb.q, stream, writer, rows=plan.q_rows, scale=q_scale, zero=plan.q_gaps)
         grow_reader(sb.k, tb.k, stream, writer, rows=plan.kv_rows, src_rows=plan.kv_src)
         grow_reader(sb.v, tb.v, stream, writer, rows=plan.kv_rows, src_rows=plan.kv_src)

@@ -11,17 +11,19 @@ zero output columns, and new blocks get zero residual writers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchvision.models.vision_transformer import VisionTransformer
+from torchvision.models.vision_transformer import Encoder, VisionTransformer
 
 from comptlib.families.classification import classify, evaluate_classifier
 from comptlib.families.transformer import Block, Embedding, Roles, Stack, TransformerGrower
 from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import GrowthError, require_growth
 from comptlib.ops import HeadPlan, Proj, ResidualStream, Writer, corner
+from comptlib.portable import Spec, path_of
 from comptlib.transferer import FeatureMSE
 
 _GROW = ("hidden_dim", "num_heads", "mlp_dim", "num_layers")
@@ -69,6 +71,15 @@ def build_vit(
         mlp_dim=mlp_dim or 2 * hidden_dim,
         num_classes=num_classes,
     )
+
+
+def vit_spec(model: VisionTransformer) -> Spec:
+    """The constructor call that rebuilds ``model``'s modules (a grown eps is saved as a changed attribute)."""
+    dims = vit_dims(model)
+    keys = ("image_size", "patch_size", "num_heads", "hidden_dim", "mlp_dim", "num_classes")
+    kwargs = {k: dims[k] for k in keys} | {"num_layers": dims["num_layers"]}
+    kwargs |= {"dropout": model.dropout, "attention_dropout": model.attention_dropout}
+    return Spec(path_of(VisionTransformer), kwargs | {"representation_size": model.representation_size})
 
 
 def _roles(model: VisionTransformer) -> Roles:
@@ -134,6 +145,28 @@ class ViTGrower(TransformerGrower):
                 f"use at most {t['hidden_dim'] // s['head_dim']} heads or method='compt'"
             )
 
+    def init_module(self, model: nn.Module, name: str, module: nn.Module) -> None:
+        """torchvision's ViT init: xavier MLPs, a fan-in patch embedding, zero class token and head."""
+        if isinstance(module, nn.Linear) and name.rpartition(".")[0].endswith(".mlp"):
+            nn.init.xavier_uniform_(module.weight)  # what MLPBlock sets, in place of Linear's own init
+            nn.init.normal_(module.bias, std=1e-6)
+            return
+        super().init_module(model, name, module)
+        if isinstance(module, Encoder):
+            nn.init.normal_(module.pos_embedding, std=0.02)
+        elif module is model:
+            conv = model.conv_proj
+            if isinstance(conv, nn.Conv2d):  # a convolutional stem keeps PyTorch's init (growth refuses it)
+                nn.init.trunc_normal_(conv.weight, std=math.sqrt(1 / (conv.in_channels * math.prod(conv.kernel_size))))
+                nn.init.zeros_(conv.bias)
+            nn.init.zeros_(model.class_token)
+            pre_logits = getattr(model.heads, "pre_logits", None)
+            if isinstance(pre_logits, nn.Linear):
+                nn.init.trunc_normal_(pre_logits.weight, std=math.sqrt(1 / pre_logits.in_features))
+                nn.init.zeros_(pre_logits.bias)
+            nn.init.zeros_(model.heads.head.weight)
+            nn.init.zeros_(model.heads.head.bias)
+
     def feature_map(self, source: nn.Module, target: nn.Module) -> torch.Tensor | None:
         if not self.exact:
             return None
@@ -170,5 +203,6 @@ VIT = register_family(
         forward=vit_forward,
         evaluate=evaluate_classifier,
         dims=vit_dims,
+        spec=vit_spec,
     )
 )

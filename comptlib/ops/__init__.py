@@ -11,7 +11,7 @@ placement and the warm start.
 
 from comptlib.ops.canvas import Canvas, Writer
 from comptlib.ops.depth import compt_depth_map, exact_depth_map, stack_depth_map
-from comptlib.ops.heads import gqa_placement, head_dims, rope_dim_map, rope_mismatch
+from comptlib.ops.heads import gqa_placement, head_dims, rope_dim_map, rope_mismatch, shared_placement, slot_dim_maps
 from comptlib.ops.transformer import (
     HeadPlan,
     Proj,
@@ -24,6 +24,7 @@ from comptlib.ops.transformer import (
     grow_writer,
     head_plan,
     identity_block,
+    shared_head_plan,
 )
 from comptlib.ops.width import mean_rows, norm_scale
 
@@ -49,5 +50,8 @@ __all__ = [
     "norm_scale",
     "rope_dim_map",
     "rope_mismatch",
+    "shared_head_plan",
+    "shared_placement",
+    "slot_dim_maps",
     "stack_depth_map",
 ]

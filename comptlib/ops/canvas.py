@@ -9,20 +9,30 @@ import torch
 
 
 class Canvas:
-    """The target's initial tensor, onto which a grower places source values.
+    """The target's initial tensor, onto which a grower places source values, in place.
 
     Entries never written keep the target's random init: the function does
     not depend on them after an exact growth, which breaks symmetry for free.
+    Writes go straight into ``init`` (no copy of a large target), and which
+    entries were written is worked out only when noise needs it.
     """
 
     def __init__(self, init: torch.Tensor) -> None:
-        self.data = init.detach().clone()
-        self.written = torch.zeros_like(self.data, dtype=torch.bool)
+        self.data = init.detach()
+        self._puts: list[Any] = []
 
     def put(self, index: Any, value: torch.Tensor | float) -> None:
         """Write ``value`` at ``index`` (any tensor index expression)."""
         self.data[index] = value
-        self.written[index] = True
+        self._puts.append(index)
+
+    @property
+    def written(self) -> torch.Tensor:
+        """A boolean mask of the entries written so far."""
+        mask = torch.zeros_like(self.data, dtype=torch.bool)
+        for index in self._puts:
+            mask[index] = True
+        return mask
 
     def finish(self, noise: float, where: str, gen: torch.Generator) -> torch.Tensor:
         """Return the tensor, with Gaussian noise of ``noise`` x its std on ``where`` entries.
@@ -54,5 +64,12 @@ class Writer:
     gen: torch.Generator
 
     def __call__(self, param: torch.Tensor, canvas: Canvas) -> None:
-        """Copy ``canvas`` into ``param`` (or a view of it)."""
-        param.copy_(canvas.finish(self.noise, self.where, self.gen))
+        """Copy ``canvas`` into ``param`` (or a view of it); nothing to copy when it was written in place."""
+        finished = canvas.finish(self.noise, self.where, self.gen)
+        if not _same(finished, param):
+            param.copy_(finished)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors are the same view of the same memory."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype

@@ -75,3 +75,56 @@ def rope_mismatch(freqs: torch.Tensor, new_freqs: torch.Tensor, dim_map: torch.T
     """Largest relative frequency error of a :func:`rope_dim_map` placement (0 when exact)."""
     placed = new_freqs[dim_map[: freqs.numel()]]
     return ((placed.double() - freqs.double()).abs() / freqs.double().abs()).max().item()
+
+
+def shared_placement(
+    q_heads: int, kv_heads: int, new_q_heads: int, new_kv_heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An approximate placement for target groups too small for their source group: query heads share.
+
+    For public ladders whose head count falls as head_dim rises (Qwen2.5
+    0.5B -> 1.5B: 14 heads of 64 -> 12 of 128). Source kv head ``j`` goes to
+    target kv head ``j``; its ``g`` query heads go in order to the ``g'``
+    target query heads of that group, as evenly as possible, so that
+    ``ceil(g/g')`` share a target head at most. Returns ``(q_pos, slot,
+    kv_src)``: ``slot[i]`` is source head ``i``'s place among the heads
+    sharing its target head, ``kv_src`` as in :func:`gqa_placement`.
+    """
+    for q, kv in ((q_heads, kv_heads), (new_q_heads, new_kv_heads)):
+        if kv < 1 or q % kv:
+            raise ValueError(f"num_attention_heads {q} is not a multiple of num_key_value_heads {kv}")
+    if new_kv_heads < kv_heads:
+        raise ValueError(f"num_key_value_heads shrinks: {kv_heads} -> {new_kv_heads}")
+    group, new_group = q_heads // kv_heads, new_q_heads // new_kv_heads
+    rank = torch.arange(q_heads) % group
+    within = rank * new_group // group
+    first = {int(w): int(r) for r, w in reversed(list(zip(rank, within)))}  # the first rank of each target head
+    slot = rank - torch.tensor([first[int(w)] for w in within], dtype=torch.long)
+    q_pos = (torch.arange(q_heads) // group) * new_group + within
+    kv_src = torch.full((new_kv_heads,), -1, dtype=torch.long)
+    kv_src[:kv_heads] = torch.arange(kv_heads)
+    return q_pos, slot, kv_src
+
+
+def slot_dim_maps(head_dim: int, new_head_dim: int, first: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """In-head target positions for each of the ``new_head_dim // head_dim`` source heads sharing a target head.
+
+    Without RoPE, slot ``s`` takes dims ``s*h ... (s+1)*h - 1``. Under RoPE
+    pass ``first``, the :func:`rope_dim_map` of slot 0 (exact frequencies);
+    the other slots take the remaining rotation pairs, interleaved, so slot
+    ``s`` of a doubled head_dim rotates at the frequency between two of the
+    source's: the approximation :meth:`~comptlib.Grower.check` measures.
+    """
+    slots = new_head_dim // head_dim
+    if first is None:
+        return [torch.arange(head_dim) + s * head_dim for s in range(slots)]
+    half, new_half = head_dim // 2, new_head_dim // 2
+    used = torch.zeros(new_half, dtype=torch.bool)
+    used[first[:half]] = True
+    free = torch.nonzero(~used).flatten()
+    extra = free.numel() // half
+    maps = [first]
+    for s in range(extra):
+        pairs = free[s::extra][:half]
+        maps.append(torch.cat([pairs, pairs + new_half]))
+    return maps

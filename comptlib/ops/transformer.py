@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from comptlib.ops.canvas import Canvas, Writer
-from comptlib.ops.heads import gqa_placement, head_dims
+from comptlib.ops.heads import gqa_placement, head_dims, shared_placement, slot_dim_maps
 from comptlib.ops.width import mean_rows, norm_scale
 
 Fill = Literal["mean", "zero", "tile"]
@@ -120,6 +120,7 @@ class ResidualStream:
         blocks = share.expand(self.copies, *share.shape)
         if writer.noise:
             eps = torch.randn(blocks.shape, generator=writer.gen) * (writer.noise * share.float().std().item())
+            eps = eps.to(torch.promote_types(eps.dtype, share.dtype))  # a float64 stream cancels in float64
             blocks = blocks + (eps - eps.mean(0)).to(share)
         return torch.arange(self.big), blocks.permute(1, 0, 2).reshape(weight.shape[0], self.big)
 
@@ -168,30 +169,42 @@ def grow_reader(
     *,
     rows: torch.Tensor | None = None,
     src_rows: torch.Tensor | None = None,
-    scale: float = 1.0,
+    scale: float | torch.Tensor = 1.0,
     zero: torch.Tensor | None = None,
 ) -> None:
     """A projection reading the residual stream: source outputs ``src_rows`` go to target outputs ``rows``.
 
-    Both default to every source output. ``scale`` multiplies the copied
-    weights and biases (Q absorbing a change of softmax scale); ``zero`` rows
+    Both default to every source output. ``scale`` (a number, or one per
+    copied row) multiplies the copied weights and biases (Q absorbing a change of softmax scale); ``zero`` rows
     are zeroed (Q dims that must not add to q.k, new embedding dims). Rows of
     new units are free.
     """
     src_rows = torch.arange(src.weight.shape[0]) if src_rows is None else src_rows
     rows = src_rows if rows is None else rows
-    cols, values = stream.read(src.weight[src_rows] * scale, writer)
+    row_scale = scale[:, None].to(src.weight) if isinstance(scale, torch.Tensor) else scale
+    span = _span(src_rows)
+    every = isinstance(span, slice) and span == slice(0, src.weight.shape[0])
+    cols, values = stream.read((src.weight if every else src.weight[src_rows]) * row_scale, writer)
     weight = Canvas(tgt.weight)
-    weight.put((rows[:, None], cols[None, :]), values)
+    r, c = _span(rows), _span(cols)
+    weight.put((r, c) if isinstance(r, slice) and isinstance(c, slice) else (rows[:, None], cols[None, :]), values)
     parts = [(tgt.weight, weight)]
     if tgt.bias is not None:
         bias = Canvas(tgt.bias)
-        bias.put(rows, src.bias[src_rows] * scale)
+        bias.put(rows, src.bias[src_rows] * (scale.to(src.bias) if isinstance(scale, torch.Tensor) else scale))
         parts.append((tgt.bias, bias))
     for param, canvas in parts:
         if zero is not None:
             canvas.put(zero, 0.0)
         writer(param, canvas)
+
+
+def _span(index: torch.Tensor) -> slice | torch.Tensor:
+    """``index`` as a slice when it is a run of consecutive positions (a copy, not a gather), else itself."""
+    n = index.numel()
+    if n and int(index[-1]) - int(index[0]) == n - 1 and (n == 1 or bool((index.diff() == 1).all())):
+        return slice(int(index[0]), int(index[0]) + n)
+    return index
 
 
 def grow_writer(src: Proj, tgt: Proj, cols: torch.Tensor, stream: ResidualStream, writer: Writer) -> None:
@@ -253,6 +266,7 @@ class HeadPlan:
     head_dim: int
     new_head_dim: int
     gain: float = 1.0  # folded into Q (RoPE attention_scaling ratio squared)
+    q_share: torch.Tensor | None = None  # per Q dim: 1 / the source heads sharing its target head (approximate)
 
 
 def head_plan(
@@ -284,6 +298,56 @@ def head_plan(
         head_dim=head_dim,
         new_head_dim=new_head_dim,
         gain=gain,
+    )
+
+
+def shared_head_plan(
+    heads: tuple[int, int],
+    new_heads: tuple[int, int],
+    head_dim: int,
+    new_head_dim: int,
+    *,
+    rope_map: torch.Tensor | None = None,
+    gain: float = 1.0,
+) -> HeadPlan:
+    """An approximate plan: source heads that do not fit alone share a wider target head (:func:`~comptlib.ops.heads.shared_placement`).
+
+    Each source head keeps its own dims in the shared head (slot ``s`` at
+    :func:`~comptlib.ops.heads.slot_dim_maps`), the kv head of its group is
+    copied into every slot, and its Q is divided by the number of heads
+    sharing: the target's attention logit is their *mean* logit, and the
+    output sums each head's value projection under that one attention. Heads
+    alone in their target head stay exact. ``rope_map`` is slot 0's
+    :func:`~comptlib.ops.rope_dim_map` under RoPE. Raises ValueError when
+    more heads would share than ``new_head_dim // head_dim``.
+    """
+    q_pos, slot, _ = shared_placement(*heads, *new_heads)  # target kv head j copies source kv head j
+    maps = slot_dim_maps(head_dim, new_head_dim, rope_map)
+    shares = torch.bincount(q_pos, minlength=new_heads[0])
+    if int(shares.max()) > len(maps):
+        raise ValueError(
+            f"num_attention_heads {heads[0]} -> {new_heads[0]}: {int(shares.max())} source heads of {head_dim} dims "
+            f"would share a target head of {new_head_dim}"
+        )
+    q_rows = torch.cat([q_pos[i] * new_head_dim + maps[slot[i]] for i in range(heads[0])])
+    gaps = torch.zeros(new_heads[0] * new_head_dim, dtype=torch.bool)
+    gaps[head_dims(torch.unique(q_pos), torch.arange(new_head_dim), new_head_dim)] = True
+    gaps[q_rows] = False
+    group = heads[0] // heads[1]
+    kv_rows, kv_dims = [], []
+    for kv in range(heads[1]):
+        for s in torch.unique(slot[kv * group : (kv + 1) * group]).tolist():
+            kv_rows.append(kv * new_head_dim + maps[s])
+            kv_dims.append(kv * head_dim + torch.arange(head_dim))
+    return HeadPlan(
+        q_rows=q_rows,
+        q_gaps=torch.nonzero(gaps).flatten(),
+        kv_rows=torch.cat(kv_rows),
+        kv_src=torch.cat(kv_dims),
+        head_dim=head_dim,
+        new_head_dim=new_head_dim,
+        gain=gain,
+        q_share=(1.0 / shares[q_pos].double()).repeat_interleave(head_dim),
     )
 
 

@@ -37,7 +37,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # on shared cores, spinning OpenMP threads slow steps up to 30x
 
 import torch
-from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -93,6 +92,10 @@ def finetune(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], steps:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    try:  # an optional extra: fail before pre-training, not after
+        from peft import LoraConfig, get_peft_model
+    except ModuleNotFoundError:
+        raise SystemExit("this example fine-tunes with peft: pip install 'comptlib[lora]'") from None
     torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
     loaders = {"batch_size": args.batch_size, "seq_len": args.seq_len, "seed": args.seed}
