@@ -52,7 +52,12 @@ QWEN25_05B = {
     "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768,
     "rope_theta": 1e6, "tie_word_embeddings": True,
 }  # fmt: skip
-QWEN25_15B = QWEN25_05B | {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12}
+QWEN25_15B = QWEN25_05B | {
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+}
 
 
 def _qwen(entries: dict[str, Any]) -> Callable[[], nn.Module]:
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "threads": args.threads,
         "torch": torch.__version__,
         "cases": {},

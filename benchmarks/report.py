@@ -59,7 +59,9 @@ def _knee_section(name: str, ladder: dict[str, Any], image: str) -> list[str]:
         f"Baselines at their knee: each model alone for the smallest budget at which doubling it improves the "
         f"held-out {ladder['metric']} (mean over seeds) by less than one seed-std; *not found*: the largest tried.",
         "",
-        "| model | " + " | ".join(f"{b} steps" for b in max((k["budgets"] for k in knees.values()), key=len)) + " | knee |",
+        "| model | "
+        + " | ".join(f"{b} steps" for b in max((k["budgets"] for k in knees.values()), key=len))
+        + " | knee |",
         "|---|" + "---:|" * max(len(k["budgets"]) for k in knees.values()) + "---:|",
     ]
     for size, knee in knees.items():

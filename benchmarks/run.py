@@ -279,14 +279,18 @@ def _alone(ladder: Ladder, suite: Suite, data: Loaders, size: str, seed: int, bu
     every = max(budget // 4, 1) if ladder.knee else 2 * max(int(round(ladder.eval_every * suite.scale)), 1)
     limits = (ladder.batch_size, ladder.val_batches, suite.val_batches, ladder.train_size, suite.train_size, every)
     limits += (suite.batch_size, suite.val_size, spec.lr)
-    path = out / "alone" / f"{ladder.recipe}-{size}-seed{seed}-{budget}steps-{zlib.crc32(repr(limits).encode()):08x}.json"
+    path = (
+        out / "alone" / f"{ladder.recipe}-{size}-seed{seed}-{budget}steps-{zlib.crc32(repr(limits).encode()):08x}.json"
+    )
     if path.exists():
         return Stored(**json.loads(path.read_text()))
     start = time.perf_counter()
     settings = {"budgets": [budget], "names": [f"{ladder.recipe}-{size}"], "eval_every": every, "seed": seed}
     chain = _run([_seeded_model(ladder.recipe, size, seed)], *data, unit="steps", lr=spec.lr, **settings)
     write_json(path, {"history_": chain.history_, "report_": chain.report_})
-    log(f"{ladder.name} seed {seed}: {ladder.recipe}-{size} alone, {budget} steps ({time.perf_counter() - start:.0f} s)")
+    log(
+        f"{ladder.name} seed {seed}: {ladder.recipe}-{size} alone, {budget} steps ({time.perf_counter() - start:.0f} s)"
+    )
     return chain
 
 
@@ -360,9 +364,7 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
     share = [b / ladder.budgets[0] for b in ladder.budgets]  # the paper's proportions, of each model's baseline
     budgets = [base[0]] + [max(int(round(base[i] * share[i])), 2) for i in range(1, len(base))]
     metric = alone[suite.seeds[0]][0].report_["metric"]
-    targets = [
-        statistics.mean(alone[s][i].report_["models"][0][metric] for s in alone) for i in range(len(names))
-    ]
+    targets = [statistics.mean(alone[s][i].report_["models"][0][metric] for s in alone) for i in range(len(names))]
     result: dict[str, Any] = {"sizes": ladder.sizes, "budgets": budgets, "baselines": base, "eval_every": every}
     result |= {"knees": knees, "seeds": {}}
     if ladder.knee:

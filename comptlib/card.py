@@ -62,5 +62,8 @@ def model_card(record: dict[str, Any]) -> str:
         lines.append(f"A Chain-of-Models Pre-Training stage, grown from `{record['parent']}` ({growth.get('method')}).")
     else:
         lines.append("The first model of a Chain-of-Models Pre-Training chain.")
-    lines += ["", "Trained with [comptlib](https://github.com/comptlib/comptlib); the metadata above records its lineage."]
+    lines += [
+        "",
+        "Trained with [comptlib](https://github.com/comptlib/comptlib); the metadata above records its lineage.",
+    ]
     return "\n".join(lines) + "\n"

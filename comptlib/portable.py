@@ -115,7 +115,9 @@ def describe(model: nn.Module) -> dict[str, Any] | None:
     spec = spec_of(model)
     with torch.device("meta"):
         built = spec()
-    if _shapes(built) != _shapes(model) or [n for n, _ in built.named_modules()] != [n for n, _ in model.named_modules()]:
+    if _shapes(built) != _shapes(model) or [n for n, _ in built.named_modules()] != [
+        n for n, _ in model.named_modules()
+    ]:
         warnings.warn(
             f"{type(model).__name__}: {spec.build} does not rebuild this model's modules; "
             f"no {METADATA_KEY} metadata is saved, so comptlib.load cannot rebuild it",
@@ -168,7 +170,9 @@ def load(path: str | Path) -> nn.Module:
     with safe_open(str(path), "pt") as f:
         entry = (f.metadata() or {}).get(METADATA_KEY)
     if entry is None:
-        raise LoadError(f"{path} has no {METADATA_KEY} metadata: it was not saved by comptlib with a rebuildable family")
+        raise LoadError(
+            f"{path} has no {METADATA_KEY} metadata: it was not saved by comptlib with a rebuildable family"
+        )
     info = json.loads(entry)
     if info.get("format") != FORMAT:
         raise LoadError(f"{path}: format {info.get('format')!r}, this comptlib reads format {FORMAT}")

@@ -182,6 +182,8 @@ class Stage:
         """The first batch, the transfer's projector, precision, the optimiser and schedule; a resumed stage's state."""
         self.first = to_device(next(self.stream), self.device)
         self.local_batch = batch_size_of(self.first)
+        if self.grower is not None and self.resume_from is None:
+            self.record["growth"] = self._growth_error()
         self.record["batch_size"] = self.local_batch * self.world.size  # the global batch
         if self.transfer is not None:
             self.transfer.to(self.device)
@@ -202,6 +204,24 @@ class Stage:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
         if self.resume_from is not None:
             self.load_state_dict(self.resume_from)
+
+    def _growth_error(self) -> dict[str, Any]:
+        """How far growth moved the function: the logits' max difference on the first batch, in eval mode.
+
+        What the model card reports; 0 to float tolerance for exact growth.
+        """
+        modes = self.teacher.training, self.student.training
+        self.teacher.eval()
+        self.student.eval()
+        try:
+            with torch.no_grad():
+                before = self.family.forward(self.teacher, self.first).logits.float()
+                after = self.family.forward(self.student, self.first).logits.float()
+        finally:
+            self.teacher.train(modes[0])
+            self.student.train(modes[1])
+        diff = (before - after).abs().max().item()
+        return {"method": self.grower.method, "max_abs": diff, "max_rel": diff / max(before.abs().max().item(), 1e-12)}
 
     def _train(self) -> None:
         """The step loop: batch, teacher forward, student forward, loss, backward, step."""

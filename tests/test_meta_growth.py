@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import perturb
 from test_portable import CASES, _output
 
 import comptlib
+from conftest import perturb
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import perturb
 from safetensors.torch import load_file, save_file
 from torchvision.models.resnet import BasicBlock
 
@@ -19,6 +18,7 @@ from comptlib.families.decoder_lm import build_gpt2, build_llama, build_qwen2
 from comptlib.families.timm_vit import build_timm_vit
 from comptlib.families.vit import build_vit
 from comptlib.portable import METADATA_KEY
+from conftest import perturb
 
 IMAGES = {"x": torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))}
 TOKENS = {"input_ids": torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(0))}
@@ -33,7 +33,12 @@ CASES = {
         {},
         IMAGES,
     ),
-    "convnext": (lambda: convnext([8, 16], [1, 1], 10), lambda: convnext([16, 32], [1, 2], 10), {"approximate": True}, IMAGES),
+    "convnext": (
+        lambda: convnext([8, 16], [1, 1], 10),
+        lambda: convnext([16, 32], [1, 2], 10),
+        {"approximate": True},
+        IMAGES,
+    ),
     "timm_vit": (lambda: build_timm_vit(16, 1), lambda: build_timm_vit(32, 2), {}, IMAGES),
     "llama": (lambda: build_llama(32, 1), lambda: build_llama(64, 2), {}, TOKENS),
     "qwen2": (lambda: build_qwen2(32, 1), lambda: build_qwen2(64, 2), {}, TOKENS),
@@ -119,3 +124,17 @@ def test_weights_without_the_recipe_name_what_is_missing(tmp_path: Path) -> None
     save_model(build_vit(16, 1), str(tmp_path / "model.safetensors"))
     with pytest.raises(comptlib.ComptError, match="no comptlib.model metadata"):
         comptlib.load(tmp_path)
+
+
+def test_a_grown_stage_records_how_far_growth_moved_its_function(digits) -> None:
+    from comptlib import Chain
+    from comptlib.card import model_card
+    from comptlib.families.vit import build_vit
+
+    torch.manual_seed(0)
+    models = [build_vit(16, 1), build_vit(32, 2)]
+    exact = Chain(models, budgets=[10, 2], unit="steps", progress=False).fit(*digits)
+    warm = Chain(models, grower="compt", budgets=[10, 2], unit="steps", progress=False).fit(*digits)
+    assert exact.history_[1]["growth"]["max_rel"] < 1e-5 < warm.history_[1]["growth"]["max_rel"]
+    card = model_card(exact.history_[1] | {"settings": {"grower": {"class": "ViTGrower", "method": "exact"}}})
+    assert '"max_rel"' in card and "not measured" not in card

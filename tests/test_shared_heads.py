@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from conftest import perturb
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import comptlib
 from comptlib import GrowthError
 from comptlib.ops import rope_dim_map, shared_head_plan
+from conftest import perturb
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -67,7 +67,9 @@ def test_shared_heads_grow_approximately_with_a_measured_error(ladder: str) -> N
 
 
 @pytest.mark.parametrize(
-    ("heads", "new_heads", "theta"), [((14, 2), (12, 2), 1e6), ((32, 8), (24, 8), 500000.0)], ids=["qwen2.5", "llama-3.2"]
+    ("heads", "new_heads", "theta"),
+    [((14, 2), (12, 2), 1e6), ((32, 8), (24, 8), 500000.0)],
+    ids=["qwen2.5", "llama-3.2"],
 )
 def test_the_real_shapes_place_every_source_dim_once(heads, new_heads, theta) -> None:
     """At the real head_dim (64 -> 128): each source Q dim has its own target dim, each target head

@@ -73,8 +73,12 @@ def timm_vit_spec(model: VisionTransformer) -> Spec:
     """The constructor call that rebuilds ``model``'s modules; layer scale and norm eps come from the weights and attributes."""
     dims, block = timm_vit_dims(model), model.blocks[0]
     hidden, width = dims["mlp_dim"], dims["embed_dim"]
-    ratio = hidden / width if int(width * (hidden / width)) == hidden else (hidden + 0.5) / width  # timm: int(width * ratio)
-    kwargs = {k: dims[k] for k in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "num_heads", "depth")}
+    ratio = (
+        hidden / width if int(width * (hidden / width)) == hidden else (hidden + 0.5) / width
+    )  # timm: int(width * ratio)
+    kwargs = {
+        k: dims[k] for k in ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "num_heads", "depth")
+    }
     kwargs |= {
         "mlp_ratio": ratio,
         "global_pool": model.global_pool,
