@@ -182,14 +182,17 @@ class Stage:
         """The first batch, the transfer's projector, precision, the optimiser and schedule; a resumed stage's state."""
         self.first = to_device(next(self.stream), self.device)
         self.local_batch = batch_size_of(self.first)
-        if self.grower is not None and self.resume_from is None:
-            self.record["growth"] = self._growth_error()
         self.record["batch_size"] = self.local_batch * self.world.size  # the global batch
+        forward, probe = self.family.forward, None
+        if self.teacher is not None and (self.grower is not None or self.transfer is not None):
+            with torch.no_grad():  # one teacher forward on the first batch serves both uses below
+                probe = forward(self.teacher, self.first)
+        if self.grower is not None and self.resume_from is None:
+            self.record["growth"] = self._growth_error(probe.logits)
         if self.transfer is not None:
             self.transfer.to(self.device)
             with torch.no_grad():
-                forward = self.family.forward
-                self.transfer.setup(forward(self.student, self.first), forward(self.teacher, self.first), self.fmap)
+                self.transfer.setup(forward(self.student, self.first), probe, self.fmap)
             self.world.broadcast(self.transfer)  # one projector init on every rank
         rt = self.runtime
         self.amp = Precision(rt.precision, rt.teacher_dtype, self.device)
@@ -205,21 +208,20 @@ class Stage:
         if self.resume_from is not None:
             self.load_state_dict(self.resume_from)
 
-    def _growth_error(self) -> dict[str, Any]:
-        """How far growth moved the function: the logits' max difference on the first batch, in eval mode.
+    def _growth_error(self, teacher_logits: torch.Tensor) -> dict[str, Any]:
+        """How far growth moved the function: the logits' max difference on the first batch (student in eval mode).
 
         What the model card reports; 0 to float tolerance for exact growth.
+        The teacher is frozen, so already in eval mode.
         """
-        modes = self.teacher.training, self.student.training
-        self.teacher.eval()
+        mode = self.student.training
         self.student.eval()
         try:
             with torch.no_grad():
-                before = self.family.forward(self.teacher, self.first).logits.float()
                 after = self.family.forward(self.student, self.first).logits.float()
         finally:
-            self.teacher.train(modes[0])
-            self.student.train(modes[1])
+            self.student.train(mode)
+        before = teacher_logits.float()
         diff = (before - after).abs().max().item()
         return {"method": self.grower.method, "max_abs": diff, "max_rel": diff / max(before.abs().max().item(), 1e-12)}
 
