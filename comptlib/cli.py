@@ -227,7 +227,8 @@ def _describe_data(cfg: RunConfig, train: Any, val: Any, options: dict[str, Any]
     else:
         size, given = options["image_size"], "--image-size" if cfg.image_size else "the data"
         count = f"{len(train.dataset):,} for training from {source}"
-        typer.echo(f"images: {size}x{size} from {given}, as 3 channels (grey repeated); {count}")
+        channels = "1 channel (grey)" if options.get("in_channels") == 1 else "3 channels (RGB)"
+        typer.echo(f"images: {size}x{size} from {given}, as {channels}; {count}")
     where = f"from {held_out}" if held_out is not None else f"split from {source}"
     typer.echo(f"held out: {len(val.dataset):,} {'windows' if cfg.recipe.user_data == 'text' else 'images'} {where}")
 
