@@ -259,6 +259,24 @@ def _pngs(root, classes=("3", "7"), per_class=20, size=28) -> None:
             Image.new("L", (size, size), 10 * i + 100 * (c == classes[1])).save(root / c / f"{i}.png")
 
 
+def test_bench_search_stops_each_grown_model_at_its_baseline_for_the_matched_quality_ratio(tmp_path) -> None:
+    args = ["bench", "--sizes", "16x1,32x1", "--budgets", "40,5", "--unit", "steps", "--eval-every", "10"]
+    result = runner.invoke(app, [*args, "--no-transfer", "--search", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    grown = bench["models"][1]
+    assert grown["reached"] and grown["search"] >= grown["alone"] and grown["search_steps"] < grown["alone_steps"]
+    assert bench["matched_quality_ratio"] == pytest.approx(bench["alone_flops"] / bench["search_flops"])
+    assert 1 < bench["matched_quality_ratio"] < bench["acceleration_ratio"] * 40 / 5
+    assert f"matched-quality ratio (budget search): {bench['matched_quality_ratio']:.2f}x" in flat(result.output)
+    # with distillation towards the weaker teacher, 40 steps are not enough: the cap, and no ratio claimed
+    result = runner.invoke(app, [*args, "--search", "--out", str(tmp_path / "kd"), "--no-progress"])
+    bench = json.loads((tmp_path / "kd" / "bench.json").read_text())
+    grown = bench["models"][1]
+    assert (grown["reached"], grown["search_steps"], bench["matched_quality_ratio"]) == (False, 40, None)
+    assert "matched-quality ratio (budget search): not reached" in flat(result.output)
+
+
 def test_an_image_folder_split_into_train_and_val_holds_out_val(tmp_path) -> None:
     for split in ("train", "val"):
         _pngs(tmp_path / "mnist" / split, per_class=20 if split == "train" else 5)
