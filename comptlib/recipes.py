@@ -150,7 +150,12 @@ def _vit_at(default_size: int, default_patch: int) -> Callable[..., nn.Module]:
         if width % 16:
             raise ConfigError(f"sizes: ViT width {width} must be a multiple of 16 (head_dim 16)")
         patch = default_patch if image_size == default_size else vit_patch(image_size)
-        options = {"image_size": image_size, "patch_size": patch, "num_classes": num_classes, "in_channels": in_channels}
+        options = {
+            "image_size": image_size,
+            "patch_size": patch,
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+        }
         return build_vit(width, depth, **options)
 
     return build
@@ -186,19 +191,31 @@ def _lm(builder: str) -> Callable[..., nn.Module]:
     return build
 
 
-def _clip(width: int, depth: int) -> nn.Module:
-    from comptlib.families.clip import build_clip
-    from comptlib.image_text import emoji_tokenizer
+def _clip_on(tokenizer: str) -> Callable[[int, int], nn.Module]:
+    """A CLIP builder for the vocabulary of ``comptlib.image_text``'s tokenizer function ``tokenizer``."""
 
-    if width % 16:
-        raise ConfigError(f"sizes: CLIP width {width} must be a multiple of 16 (head_dim 16)")
-    return build_clip(width, depth, vocab_size=emoji_tokenizer().vocab_size, patch_size=8)
+    def build(width: int, depth: int) -> nn.Module:
+        from comptlib import image_text
+        from comptlib.families.clip import build_clip
+
+        if width % 16:
+            raise ConfigError(f"sizes: CLIP width {width} must be a multiple of 16 (head_dim 16)")
+        vocab = getattr(image_text, tokenizer)().vocab_size
+        return build_clip(width, depth, vocab_size=vocab, patch_size=8)
+
+    return build
 
 
 def _emoji(batch_size: int, seed: int) -> Loaders:
     from comptlib.image_text import emoji_loaders
 
     return emoji_loaders(batch_size, 32, seed, 0.2)
+
+
+def _glyphs(batch_size: int, seed: int) -> Loaders:
+    from comptlib.image_text import glyph_loaders
+
+    return glyph_loaders(batch_size, 32, seed)
 
 
 def _paper_vit(
@@ -315,9 +332,20 @@ RECIPES: dict[str, Recipe] = {
         "steps",
         2e-3,
         64,
-        _clip,
+        _clip_on("emoji_tokenizer"),
         _emoji,
         "Noto Color Emoji 32x32 with their Unicode names (~1,300 pairs)",
+    ),
+    "clip-glyphs": Recipe(
+        "clip",
+        ("32x2", "64x3", "128x4"),
+        (600.0, 112.0, 75.0),
+        "steps",
+        2e-3,
+        64,
+        _clip_on("glyph_tokenizer"),
+        _glyphs,
+        "4,101 Unicode glyphs 32x32 in up to 11 DejaVu/STIX faces, with their Unicode names (410 characters held out)",
     ),
     "fashion-vit": Recipe(
         "vit",

@@ -100,9 +100,16 @@ def test_pieces_merge_by_seed_and_part() -> None:
 
 def test_the_lm_regimes_share_one_held_out_tail_and_the_compute_limited_one_reads_no_window_twice() -> None:
     limited, unlimited = LADDERS["llama-data-limited"], LADDERS["llama-compute-limited"]
-    (few, held_out), (many, same) = (ladder.loaders(16, train_size=ladder.train_size) for ladder in (limited, unlimited))
-    assert torch.equal(held_out.dataset.columns["input_ids"], same.dataset.columns["input_ids"]) and len(held_out.dataset) == 2048
-    assert len(few.dataset) == 8192 and torch.equal(few.dataset.columns["input_ids"], many.dataset.columns["input_ids"][:8192])
+    (few, held_out), (many, same) = (
+        ladder.loaders(16, train_size=ladder.train_size) for ladder in (limited, unlimited)
+    )
+    assert (
+        torch.equal(held_out.dataset.columns["input_ids"], same.dataset.columns["input_ids"])
+        and len(held_out.dataset) == 2048
+    )
+    assert len(few.dataset) == 8192 and torch.equal(
+        few.dataset.columns["input_ids"], many.dataset.columns["input_ids"][:8192]
+    )
     longest = unlimited.budgets[0] * 2**unlimited.knee * unlimited.batch_size
     assert len(many.dataset) >= longest  # the largest budget of the knee search is under one pass
     assert longest / len(few.dataset) > 9  # and over nine epochs of the data-limited corpus

@@ -8,7 +8,6 @@ from safetensors.torch import load_model
 from typer.testing import CliRunner
 
 import comptlib
-
 from comptlib.cli import app
 from comptlib.families.vit import build_vit
 

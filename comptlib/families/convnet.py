@@ -172,7 +172,12 @@ def convnext_spec(model: ConvNeXt) -> Spec:
     dims = convnext_dims(model)
     widths = [dims[f"stage{i}_channels"] for i in range(1, dims["num_stages"] + 1)]
     depths = [dims[f"stage{i}_blocks"] for i in range(1, dims["num_stages"] + 1)]
-    kwargs = {"widths": widths, "depths": depths, "num_classes": dims["num_classes"], "in_channels": dims["in_channels"]}
+    kwargs = {
+        "widths": widths,
+        "depths": depths,
+        "num_classes": dims["num_classes"],
+        "in_channels": dims["in_channels"],
+    }
     return Spec(path_of(convnext), kwargs)
 
 
