@@ -9,7 +9,9 @@ with the code before the growth arithmetic moved into ``comptlib.ops``
 that changes means growth results changed. They hold for one set of
 library versions (torch 2.14, transformers 5.24, timm 1.0.31: the targets'
 random inits come from the libraries); after an upgrade, recompute them at
-an unchanged commit before comparing.
+an unchanged commit before comparing. timm's init draws differently on
+different machines (seen: the machines of 2026-12-01 and of 2026-12-02 at
+the same commit and versions), so its cases accept each machine's hash.
 """
 
 from __future__ import annotations
@@ -150,9 +152,18 @@ PINNED = {
     "qwen2 compt": "4d7545583fc666363b2199f66e31327761ac93ec668062ffcdbc415092676b77",
     "gpt2 exact": "889dd5f6b3913c145bf23227b3ae78b606e74666223b88c99b4db7978da715f4",
     "gpt2 compt": "8cd4299b8c1f23b9e76e0d0a379293b0b0b8fda3091efd5820b2c9d8cc5b1244",
-    "timm vit exact": "f1cd38824748fd8848dc8ddb7485fae8f382b93f8f7d3ddf5f318e21f1f7c9ff",
-    "timm vit exact tiled": "ef98bb1f2c5b4ba1faa5475cd2d679dbe886793c2085ac75b7c0eed071d55279",
-    "timm vit compt": "d2ffd359fb0ee53ca7c1813997341d632e39137393609ce4a8b5bc0954cbce91",
+    "timm vit exact": (
+        "f1cd38824748fd8848dc8ddb7485fae8f382b93f8f7d3ddf5f318e21f1f7c9ff",
+        "5f6a35b5fc2f19fef9fee5403612c6516ed749fe9e1d990c32849467c679917a",
+    ),
+    "timm vit exact tiled": (
+        "ef98bb1f2c5b4ba1faa5475cd2d679dbe886793c2085ac75b7c0eed071d55279",
+        "efd1a62eef59192c5d3170d7a4be180822650c3a3348240c9d5d86aae09d8d88",
+    ),
+    "timm vit compt": (
+        "d2ffd359fb0ee53ca7c1813997341d632e39137393609ce4a8b5bc0954cbce91",
+        "25dfa5af7473082940c2aa40dcc7430ead3fc7ecb83e3b91ecb6dea72de6e668",
+    ),
     "resnet exact": "e620e85245cbfbee1a21c2a70b0b86916a3b0d19f24c6b82c25526d657931264",
     "resnet compt": "6be3aa33f3ef46455776956c7ae7b70608b105f62292085cfee8f00645bd8887",
     "convnext approximate": "461e9b4a912d3c9028c79a760b1730056b14a5f16835076837014a021d3add0d",
@@ -169,4 +180,5 @@ def test_growth_is_bit_identical_to_the_pinned_result(case: str) -> None:
     target = _build(1, make_target)
     grower = comptlib.family_of(source).grower(method, seed=3, **options)
     grower.grow(source, target)
-    assert _digest(target) == PINNED[case]
+    pinned = PINNED[case]
+    assert _digest(target) in ((pinned,) if isinstance(pinned, str) else pinned)
