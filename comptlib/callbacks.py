@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from comptlib.checkpoint import load_partial, position, save_partial, save_stage, trim_metrics
+from comptlib.checkpoint import load_partial, position, save_partial, save_sharded, save_stage, trim_metrics
 from comptlib.io import append_jsonl
 from comptlib.ledger import count_flops
 
@@ -169,8 +169,9 @@ def _finite(value: Any) -> Any:
 class Checkpointer(Callback):
     """Each finished stage, mid-stage checkpoints every ``every`` steps, and resume from them.
 
-    Every rank builds the state (gathering a sharded student is collective);
-    only the main rank (``write``) writes it.
+    Every rank builds the state (its reductions are collective). Unsharded,
+    only the main rank (``write``) writes it, as ``partial.pt``; a sharded
+    student is saved by every rank, each its own shards (:func:`save_sharded`).
     """
 
     def __init__(self, every: int, resume: bool, write: bool) -> None:
@@ -178,13 +179,15 @@ class Checkpointer(Callback):
 
     def on_stage_start(self, stage: Stage) -> None:
         if self.resume and stage.folder is not None:
-            stage.resume_from = load_partial(stage.folder, stage.signature)
+            stage.resume_from = load_partial(stage.folder, stage.signature, stage.world, stage.sharded)
 
     def on_step_end(self, stage: Stage) -> None:
         due = self.every and stage.step % self.every == 0 and stage.step < stage.total
         if due and stage.folder is not None and not stage.stop:
             state = stage.state_dict()
-            if self.write:
+            if stage.sharded:
+                save_sharded(stage.folder, state, stage.world)
+            elif self.write:
                 save_partial(stage.folder, state)
 
     def on_stage_end(self, stage: Stage) -> None:

@@ -130,10 +130,17 @@ def save_model(model: nn.Module, path: str | Path, *, files: Mapping[str, str] |
         model.save_pretrained(tmp)
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
-        _fsync_tree(tmp)
+        return replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_folder(tmp: str | Path, path: str | Path) -> Path:
+    """Durably put the written folder ``tmp`` in ``path``'s place: the old one, if any, is renamed away
+    first (a folder cannot be renamed over another); :func:`recover_folder` finishes a swap a crash cut."""
+    tmp, path = Path(tmp), Path(path)
+    _fsync_tree(tmp)
     old = _old(path)
     if path.exists():
         os.replace(path, old)
