@@ -367,16 +367,30 @@ def test_a_corrupt_sharded_checkpoint_is_refused(fsdp_interrupted, tmp_path) -> 
         assert "is corrupt: __1_0.distcp" in r["message"]
 
 
-def test_a_half_written_sharded_checkpoint_is_never_taken_for_one(fsdp_run, fsdp_interrupted, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("left", "resumes"),
+    [
+        (".partial.tmp", False),  # killed before its rename: never taken for a checkpoint, vit-1 retrains
+        (".partial.old", True),  # killed between the swap's two renames: the previous checkpoint comes back
+    ],
+)
+def test_a_sharded_save_cut_short_resumes_bit_exactly(fsdp_run, fsdp_interrupted, tmp_path, left, resumes) -> None:
     (reference, _), _ = fsdp_run
     out = _copy_of(fsdp_interrupted, tmp_path)
     stage = out / "run" / "vit-1"
-    (stage / "partial").rename(stage / ".partial.tmp")  # killed before its rename: shards, .metadata, state.pt
-    resumed = launch("fsdp-resume", out)
-    for r in resumed:
+    (stage / "partial").rename(stage / left)
+    for r in launch("fsdp-resume", out):
         assert "error" not in r, r.get("traceback")
-        assert r["resumed"] == [False]  # vit-1 trained again from its start, to the same weights
+        assert r["resumed"] == [resumes]
         assert r["hashes"] == reference["hashes"]
+    assert not (stage / left).exists()  # cleaned up, or put back
+
+
+def test_a_sharded_checkpoint_from_another_world_size_is_refused(fsdp_interrupted) -> None:
+    stage = fsdp_interrupted / "run" / "vit-1"
+    sig = torch.load(stage / "partial" / "state.pt", weights_only=True)["signature"]
+    with pytest.raises(CheckpointError, match="saved by 2 processes and this run has 1"):
+        load_partial(stage, sig, World(), sharded=True)
 
 
 def test_a_sharded_checkpoints_metadata_runs_no_code(tmp_path) -> None:
