@@ -296,7 +296,7 @@ def _load_sharded(path: Path, sig: str, world: World) -> dict[str, Any] | None:
     bad = [n for n in names[world.rank :: world.size] if not _intact(path / n, state["files"][n])]
     bad = sorted(n for part in world.gather(bad) for n in part)
     if bad:
-        raise CheckpointError(f"{path} is corrupt: {', '.join(bad)} differ from what was written")
+        raise CheckpointError(f"{path} is corrupt: {', '.join(bad)} missing or not what was written")
     _check_metadata(path / DCP_METADATA)
     return state | {"shards": str(path)}
 

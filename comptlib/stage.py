@@ -245,7 +245,7 @@ class Stage:
 
     def _train(self) -> None:
         """The step loop: batch, teacher forward, student forward, loss, backward, step."""
-        family, amp, opt = self.family, self.amp, self.opt
+        amp, opt = self.amp, self.opt
         self.student.train()
         self._start, self._clock = time.perf_counter() - self.elapsed, 0.0
         for step in range(self.step, self.total if self.trained else 1):
