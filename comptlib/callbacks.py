@@ -32,7 +32,6 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,8 +111,7 @@ class PreDecaySnapshot(Callback):
 
     def on_step_end(self, stage: Stage) -> None:
         if stage.step == stage.optim.decay_start(stage.total):
-            with stage.trainee.gathered() as model:
-                stage.snapshot = copy.deepcopy(model).eval()
+            stage.snapshot = stage.trainee.copy().eval()
 
 
 class ShrinkPerturb(Callback):

@@ -463,15 +463,20 @@ class Trainee:
         set_optimizer_state_dict(self._stepped, opt, state["optimizer"])
 
     def unwrap(self) -> nn.Module:
-        """The plain model with the trained weights.
+        """The plain model with the trained weights (sharded: a gathered :meth:`copy`)."""
+        return self.copy() if self.sharded else self.model
+
+    def copy(self) -> nn.Module:
+        """A plain copy of the model as trained so far.
 
         Sharded: gathered on every rank (the chain grows the next student,
         keeps ``models_`` and shards the next teacher on every rank, each from
         its own full copy), one tensor at a time into an empty copy, so the
-        peak is the plain model, this rank's shards and one gathered tensor.
+        peak is the plain model, this rank's shards and one gathered tensor
+        (FSDP modules cannot be deep-copied).
         """
         if not self.sharded:
-            return self.model
+            return copy.deepcopy(self.model)
         from torch.distributed.tensor import DTensor
 
         device = next(self.model.parameters()).device
