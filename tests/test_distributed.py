@@ -39,14 +39,14 @@ PER_RANK_BATCH = 16
 BUDGETS = [24, 16]  # stage 0 crosses no epoch; the 44-step epoch is crossed by neither: see the 1-rank run
 
 
-def family() -> list:
+def family(depth: int = 1) -> list:
     torch.manual_seed(0)
-    return [build_vit(16, 1), build_vit(32, 1)]
+    return [build_vit(16, depth), build_vit(32, depth)]
 
 
-def chain(**kw) -> Chain:
+def chain(depth: int = 1, **kw) -> Chain:
     settings = {"budgets": BUDGETS, "unit": "steps", "progress": False, "lr": 3e-3, "eval_every": 8}
-    return Chain(family(), **(settings | kw))
+    return Chain(family(depth), **(settings | kw))
 
 
 class Interrupt(Exception):
@@ -84,11 +84,15 @@ def _sharded_eval_family() -> None:
 
 
 def _fsdp(scenario: str, run: Path, train, val, out: str, rank: int) -> dict:
-    """The FSDP scenarios: a chain checkpointed every 5 steps, fitted, interrupted or resumed."""
+    """The FSDP scenarios: a chain checkpointed every 5 steps, fitted, interrupted or resumed.
+
+    Two blocks a model, so each is an FSDP group of its own beside the root's.
+    """
     _sharded_eval_family()
     probe = Probe()
     resume = scenario == "fsdp-resume"
-    fsdp = chain(strategy="fsdp", checkpoint_dir=str(run), checkpoint_every=5, resume=resume, callbacks=[probe])
+    settings = {"checkpoint_dir": str(run), "checkpoint_every": 5, "resume": resume, "callbacks": [probe]}
+    fsdp = chain(2, strategy="fsdp", **settings)
     if scenario == "fsdp-interrupt":
         _raise_after(fsdp.models[1], 13)
     fitted = fsdp.fit(train, val)
@@ -167,6 +171,8 @@ def _worker(rank: int, size: int, port: int, scenario: str, out: str) -> None:
             result = _summary(chain(checkpoint_dir=str(run), checkpoint_every=5).fit(train, val))
         elif scenario.startswith("fsdp-"):
             result = _fsdp(scenario, run, train, val, out, rank)
+        elif scenario == "pre-decay":  # grown from a snapshot of sharded weights, taken mid-stage
+            result = _summary(chain(2, strategy="fsdp", grow_from="pre_decay", schedule="wsd").fit(train, val))
         elif scenario == "teacher":
             result = _teacher(World(rank, size))
         elif scenario == "evaluation":
@@ -305,6 +311,12 @@ def test_fsdp_trains_a_chain_to_the_same_plain_models(fsdp_run) -> None:
     assert zero["val"] == one["val"]
     assert all(len(curve) == steps for curve, steps in zip(zero["loss"], BUDGETS))
     assert zero["teacher_sharded"] == [True]  # the grown stage ran its teacher sharded
+
+
+def test_fsdp_grows_from_a_pre_decay_snapshot(tmp_path) -> None:
+    zero, one = launch("pre-decay", tmp_path)
+    assert "error" not in zero, zero.get("traceback")
+    assert zero["hashes"] == one["hashes"]
 
 
 def _weights(folder: Path) -> list[list[dict]]:
