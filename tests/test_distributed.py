@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from comptlib import Chain
 from comptlib.callbacks import Callback
-from comptlib.checkpoint import CheckpointError, load_partial, weights_hash
+from comptlib.checkpoint import CheckpointError, load_partial, read_shards, save_sharded, weights_hash
 from comptlib.data import digits_loaders, load_digits
 from comptlib.distributed import Trainee, World, shard_eval, shard_loader, shard_teacher
 from comptlib.families.vit import build_vit
@@ -403,6 +403,25 @@ def test_a_sharded_checkpoint_from_another_world_size_is_refused(fsdp_interrupte
     sig = torch.load(stage / "partial" / "state.pt", weights_only=True)["signature"]
     with pytest.raises(CheckpointError, match="saved by 2 processes and this run has 1"):
         load_partial(stage, sig, World(), sharded=True)
+
+
+def test_a_sharded_save_clears_what_a_crash_left_and_reads_back(tmp_path) -> None:
+    groups = [{"lr": 0.1, "params": ["w"]}]
+    state = {"signature": "s", "student": {"w": torch.arange(4.0)}, "progress": {"step": 3}}
+    state["optimizer"] = {"state": {"w": {"exp_avg": torch.ones(4)}}, "param_groups": groups}
+    (tmp_path / "partial").mkdir()
+    (tmp_path / ".partial.old").mkdir()  # a swap cut between its last rename and the removal of the old folder
+    (tmp_path / ".partial.tmp").mkdir()  # a save cut before its rename
+    save_sharded(tmp_path, state, World())  # one process: DCP without a process group
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["partial"]
+    rest = load_partial(tmp_path, "s", World(), sharded=True)
+    assert rest["progress"] == {"step": 3} and "student" not in rest
+    target = {"student": {"w": torch.zeros(4)}, "optimizer": {"state": {"w": {"exp_avg": torch.zeros(4)}}}}
+    target["optimizer"]["param_groups"] = []  # what a fresh optimiser's state dict has: the saved ones replace it
+    got = read_shards(rest, target)
+    assert torch.equal(got["student"]["w"], torch.arange(4.0))
+    assert torch.equal(got["optimizer"]["state"]["w"]["exp_avg"], torch.ones(4))
+    assert got["optimizer"]["param_groups"] == groups
 
 
 def test_a_sharded_checkpoints_metadata_runs_no_code(tmp_path) -> None:
