@@ -28,12 +28,47 @@ def fit_alone(
     return [Chain([m], budgets=[budget], names=[n], **settings).fit(train, val) for m, n in zip(models, names)]
 
 
-def compare(chain: Chain, alone: Sequence[Chain]) -> dict[str, Any]:
-    """Per model: the metric right after growth, after its chain stage and trained alone; FLOPs and time."""
+def budget_search(chain: Chain, alone: Sequence[Chain], train: Any, val: Any, *, eval_every: int = 10) -> Chain:
+    """The grown models again, each stopped once it matches its baseline: what matched quality costs.
+
+    From the chain's trained first model, every later model is grown and
+    trained until its held-out metric reaches the final metric of the same
+    model trained alone (checked every ``eval_every`` steps, or the chain's
+    own), capped at that run's budget. Its ``acceleration_ratio`` is the
+    matched-quality ratio: every model alone over this chain, the first
+    model's training and the teacher's forwards counted.
+    """
+    metric = chain.report_["metric"]
+    params = chain.get_params(deep=False) | {
+        "models": [chain.models_[0], *chain.models[1:]],
+        "budgets": [0, *(lone.budgets[0] for lone in alone[1:])],
+        "targets": [None, *(lone.report_["models"][0][metric] for lone in alone[1:])],
+        "first_trained": True,
+        "baseline_budget": alone[0].budgets[0],
+        "eval_every": chain.eval_every or eval_every,
+        "checkpoint_dir": None,
+        "resume": False,
+        "loggers": None,
+    }
+    return Chain(**params).fit(train, val)
+
+
+def compare(chain: Chain, alone: Sequence[Chain], search: Chain | None = None) -> dict[str, Any]:
+    """Per model: the metric right after growth, after its chain stage and trained alone; FLOPs and time.
+
+    With a :func:`budget_search`, also the steps each grown model needed to
+    match its baseline and the matched-quality ratio (None unless all did).
+    """
     metric = chain.report_["metric"]
     rows = []
     for i, (row, record, lone) in enumerate(zip(chain.report_["models"], chain.history_, alone)):
         solo = lone.report_["models"][0]
+        if search is not None and i > 0:
+            found = search.history_[i]
+            matched = {"search_steps": found["steps"], "reached": bool(found.get("reached"))}
+            matched["search"] = search.report_["models"][i][metric]
+        else:
+            matched = {}
         rows.append(
             {
                 "name": row["name"],
@@ -48,9 +83,14 @@ def compare(chain: Chain, alone: Sequence[Chain]) -> dict[str, Any]:
                 "chain_time": row["wall_time"],
                 "alone_time": solo["wall_time"],
             }
+            | matched
         )
     alone_time = sum(lone.report_["wall_time"] for lone in alone)
-    return {
+    if search is not None:
+        reached = all(r["reached"] for r in rows[1:])
+        matched = {"search_flops": search.report_["chain_flops"]}
+        matched["matched_quality_ratio"] = search.report_["acceleration_ratio"] if reached else None
+    return matched | {
         "metric": metric,
         "higher_is_better": _higher_is_better(chain),
         "models": rows,
@@ -101,6 +141,15 @@ def format_table(result: dict[str, Any]) -> str:
         f"{format_flops(result['alone_flops']):>8} | {result['chain_time']:>6.1f}{result['alone_time']:>7.1f}",
         f"acceleration ratio (FLOPs): {result['acceleration_ratio']:.2f}x; wall-time ratio: {result['wall_time_ratio']:.2f}x",
     ]
+    if "search_flops" in result:
+        ratio = result["matched_quality_ratio"]
+        steps = ", ".join(
+            f"{r['name']} {r['search_steps']}"
+            + ("" if r["reached"] else f" (not reached: {r['search']:.3f} at the cap, {r['alone_steps']})")
+            for r in result["models"][1:]
+        )
+        head = f"{ratio:.2f}x" if ratio is not None else "not reached"
+        lines.append(f"matched-quality ratio (budget search): {head}; steps to each baseline: {steps}")
     return "\n".join(lines)
 
 

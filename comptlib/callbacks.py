@@ -39,7 +39,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from comptlib.checkpoint import load_partial, position, save_partial, save_sharded, save_stage, trim_metrics
+from comptlib.checkpoint import (
+    load_partial,
+    load_snapshot,
+    position,
+    save_partial,
+    save_sharded,
+    save_snapshot,
+    save_stage,
+    trim_metrics,
+)
 from comptlib.io import append_jsonl
 from comptlib.ledger import count_flops
 
@@ -106,12 +115,20 @@ class PreDecaySnapshot(Callback):
     then hands over weights that can still move (not annealed into a sharp
     minimum), while the predecessor's decay goes on to give its final model,
     the teacher. The copy costs no step; the decay's steps are the
-    predecessor's own, counted in its stage.
+    predecessor's own, counted in its stage. With a checkpoint folder it is
+    saved there too (``pre_decay.safetensors``), so a stage resumed past its
+    decay start still has it.
     """
+
+    def on_stage_start(self, stage: Stage) -> None:
+        if stage.resume_from is not None and stage.folder is not None:
+            stage.snapshot = load_snapshot(stage.folder, stage.student, stage.signature)
 
     def on_step_end(self, stage: Stage) -> None:
         if stage.step == stage.optim.decay_start(stage.total):
             stage.snapshot = stage.trainee.copy().eval()
+            if stage.folder is not None and stage.world.main:
+                save_snapshot(stage.folder, stage.snapshot, stage.signature)
 
 
 class ShrinkPerturb(Callback):

@@ -33,6 +33,7 @@ from comptlib.checkpoint import (
     describe,
     fingerprint,
     finished_stage,
+    load_snapshot,
     load_stage,
     signature,
     weights_hash,
@@ -468,6 +469,7 @@ class Chain(BaseEstimator):
                     state = load_stage(folder, student, record)
                     stream.restore(state["stream"])
                     torch.set_rng_state(state["rng"])
+                    source = load_snapshot(folder, student, sig) if self.grow_from == "pre_decay" else None
                 else:
                     grown = i > 0
                     if source == "lost":

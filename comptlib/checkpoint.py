@@ -15,6 +15,7 @@ read: see :func:`save_sharded`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import pickle
@@ -426,3 +427,30 @@ def _hash_into(digest: Any, item: Any) -> None:
 def _bytes(tensor: torch.Tensor) -> bytes:
     """The raw bytes of a tensor (any dtype, 0-d included)."""
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+SNAPSHOT_FILE = "pre_decay.safetensors"
+"""Where ``grow_from="pre_decay"`` keeps a stage's weights from the start of its LR decay, so a resume finds them."""
+
+
+def save_snapshot(folder: Path, model: nn.Module, sig: str) -> None:
+    """The pre-decay weights of the stage with signature ``sig`` (checked when they are read back)."""
+    import safetensors.torch
+
+    atomic_write(folder / SNAPSHOT_FILE, lambda tmp: safetensors.torch.save_model(model, str(tmp), {"signature": sig}))
+
+
+def load_snapshot(folder: Path, model: nn.Module, sig: str) -> nn.Module | None:
+    """A copy of ``model`` holding the saved pre-decay weights, or None when none were saved for this signature."""
+    import safetensors
+    import safetensors.torch
+
+    path = folder / SNAPSHOT_FILE
+    if not path.exists():
+        return None
+    with safetensors.safe_open(str(path), "pt") as f:
+        if (f.metadata() or {}).get("signature") != sig:
+            return None
+    snapshot = copy.deepcopy(model)
+    safetensors.torch.load_model(snapshot, str(path))
+    return snapshot.eval()

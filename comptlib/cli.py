@@ -227,7 +227,8 @@ def _describe_data(cfg: RunConfig, train: Any, val: Any, options: dict[str, Any]
     else:
         size, given = options["image_size"], "--image-size" if cfg.image_size else "the data"
         count = f"{len(train.dataset):,} for training from {source}"
-        typer.echo(f"images: {size}x{size} from {given}, as 3 channels (grey repeated); {count}")
+        channels = "1 channel (grey)" if options.get("in_channels") == 1 else "3 channels (RGB)"
+        typer.echo(f"images: {size}x{size} from {given}, as {channels}; {count}")
     where = f"from {held_out}" if held_out is not None else f"split from {source}"
     typer.echo(f"held out: {len(val.dataset):,} {'windows' if cfg.recipe.user_data == 'text' else 'images'} {where}")
 
@@ -351,27 +352,38 @@ def bench(
     config: ConfigOpt = None,
     flags: dict[str, Any] | None = None,
     out: Annotated[Path, typer.Option(help="Where bench.json and bench.png go.")] = Path("runs/bench"),
+    search: Annotated[
+        bool,
+        typer.Option(
+            help="Also the budget search: each grown model again until it matches its baseline, "
+            "for the matched-quality ratio."
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     debug: DebugOpt = False,
 ) -> None:
     """Train the family both ways, as a chain and each model alone, and compare them side by side.
 
     Writes bench.json and bench.png: the validation metric against cumulative training FLOPs.
+    With --search, the grown models train again from the chain's first model until each reaches
+    its baseline's final metric (capped at the baseline's budget): the matched-quality ratio.
     Examples:
 
         comptlib bench
 
         comptlib bench --family resnet --out runs/resnet-bench
+
+        comptlib bench --data images/ --search
     """
     cfg = _config(config, debug, **flags)
     chain, train, val = _setup(cfg, progress, debug)
-    from comptlib.bench import compare, fit_alone, format_table, plot
+    from comptlib.bench import budget_search, compare, fit_alone, format_table, plot
     from comptlib.io import write_json
 
     chain.fit(train, val)
     shared = {k: chain.get_params()[k] for k in ("unit", "optim", "runtime", "seed", "progress", "eval_every")}
     alone = fit_alone(chain.models, train, val, budget=cfg.budgets[0], names=chain.names, **shared)
-    result = compare(chain, alone)
+    result = compare(chain, alone, budget_search(chain, alone, train, val) if search else None)
     write_json(out / "bench.json", {"config": cfg.to_dict(), "data": cfg.data_name, **result})
     picture = plot(chain, alone, out / "bench.png")
     typer.echo(format_table(result))

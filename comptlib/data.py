@@ -8,6 +8,7 @@ defaults for examples, tests and ``comptlib grow``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sysconfig
@@ -195,27 +196,43 @@ def splits(root: str | os.PathLike[str], val_root: str | os.PathLike[str] | None
     return train, held_out[0] if held_out else None
 
 
-def first_image_size(root: str | os.PathLike[str]) -> int:
-    """The larger side of the first training image of a user's folder: the size its models are built for."""
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+"""PIL modes read as one channel; any other (RGB, RGBA, P, CMYK...) is read as three."""
+
+
+def image_format(root: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(size, channels)`` of a user's training images: the models are built for them.
+
+    The size is the larger side of the first image; the channels are 1 when
+    every image is grey, else 3 (only the headers are read).
+    """
     from PIL import Image
 
     train, _ = splits(root)
-    first = next((p for p in sorted(train.glob("*/*")) if p.is_file()), None)
-    if first is None:
+    images = [p for p in sorted(train.glob("*/*")) if p.is_file()]
+    if not images:
         missing = f"data: no image folder at {root}" if not train.is_dir() else f"data: {train} holds no class folders"
         raise MissingDataError(missing)
-    check_images([first])
-    with Image.open(first) as image:
-        return max(image.size)
+    check_images(images[:1])
+    with Image.open(images[0]) as image:
+        size = max(image.size)
+    for path in images:
+        try:
+            with Image.open(path) as image:
+                if image.mode not in GREY_MODES:
+                    return size, 3
+        except Exception:  # check_images names the bad file when the loaders are built
+            return size, 3
+    return size, 1
 
 
-def _image_folder(root: Path, transform: Any) -> Any:
+def _image_folder(root: Path, transform: Any, mode: str = "RGB") -> Any:
     from torchvision import datasets
 
     if not root.is_dir():
         raise MissingDataError(f"data: no image folder at {root}")
     try:
-        folder = datasets.ImageFolder(str(root), transform=transform, loader=read_image)
+        folder = datasets.ImageFolder(str(root), transform=transform, loader=functools.partial(read_image, mode=mode))
     except FileNotFoundError as err:  # no class folders, or a class folder without images
         raise DataError(f"data: {root}: {err}") from None
     if len(folder.classes) < 2:
@@ -234,27 +251,31 @@ def image_folder_loaders(
     val_fraction: float = 0.2,
     val_root: str | os.PathLike[str] | None = None,
     seed: int = 0,
+    channels: int = 3,
 ) -> tuple[DataLoader, DataLoader, int]:
     """Loaders over a user's image folder (``root/<class>/<image>``, as torchvision's ``ImageFolder``).
 
-    Images are resized to ``image_size`` squares and standardised. The
+    Images are resized to ``image_size`` squares, read as ``channels`` (1:
+    grey, 3: RGB; :func:`image_format` says which a folder holds) and standardised. The
     held-out set is ``val_root``, or ``root/val/<class>/`` (``validation/``,
     ``test/``) beside ``root/train/<class>/``, with the same classes; else a
     random but seeded ``val_fraction`` of the images. Returns ``(train, val, num_classes)``.
     """
     from torchvision import transforms
 
-    transform = transforms.Compose(
-        [transforms.Resize((image_size, image_size)), transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
-    )
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    norm = transforms.Normalize([0.5] * channels, [0.5] * channels)
+    transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(), norm])
+    mode = "L" if channels == 1 else "RGB"
     train_root, held_out = splits(root, val_root)
-    folder = _image_folder(train_root, transform)
+    folder = _image_folder(train_root, transform, mode)
     if held_out is None:
         order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed)).tolist()
         n_val = max(int(round(len(folder) * val_fraction)), 1)
         train, val = Subset(folder, order[n_val:]), Subset(folder, order[:n_val])
     else:
-        train, val = folder, _image_folder(held_out, transform)
+        train, val = folder, _image_folder(held_out, transform, mode)
         if val.classes != folder.classes:
             raise DataError(
                 f"data: the held-out {held_out} has classes {val.classes}, the training {train_root} {folder.classes}"
@@ -283,12 +304,16 @@ def check_images(paths: Iterable[str | os.PathLike[str]]) -> None:
             raise DataError(f"data: {path} is not a readable image ({err or type(err).__name__})") from None
 
 
-def read_image(path: str) -> Any:
-    """torchvision's image loader, with an error that names the file (a DataLoader would bury it in a traceback)."""
-    from torchvision.datasets.folder import default_loader
+def read_image(path: str, mode: str = "RGB") -> Any:
+    """A PIL image in ``mode`` (as torchvision's loader, which always makes RGB), with an error that names the file.
+
+    A DataLoader would bury the file's name in a traceback.
+    """
+    from PIL import Image
 
     try:
-        return default_loader(path)
+        with open(path, "rb") as f:
+            return Image.open(f).convert(mode)
     except Exception as err:
         raise DataError(f"data: cannot read image {path} ({err or type(err).__name__})") from None
 

@@ -4,7 +4,12 @@ The built-in pairs are emoji: every named single-codepoint symbol of Google's
 Noto Color Emoji font (Debian's ``fonts-noto-color-emoji``), rendered with
 Pillow, captioned with its Unicode name ("closed umbrella"): about 1,300 pairs
 whose captions share words ("face", "cat", "arrow"...), so a model can
-generalise to held-out captions. Users bring their own pairs as a CSV in the
+generalise to held-out captions. A larger set, on which larger models have
+more to learn, is glyphs: about 4,100 characters (letters of many scripts,
+digits, punctuation, arrows, Braille, box drawing...) drawn in each of up to
+eleven faces of the DejaVu and STIX fonts that matplotlib ships, captioned
+with their Unicode names ("latin small letter a with acute", "braille pattern
+dots-258"); each training pass draws every character in a random face. Users bring their own pairs as a CSV in the
 format of open_clip (the code of the CoM-PT paper): columns ``filepath`` and
 ``title``, tab- or comma-separated.
 
@@ -60,10 +65,17 @@ _WORD = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
 
 @attrs.frozen
 class ImagePairs:
-    """Images (uint8, ``(N, 3, S, S)``) and one caption each."""
+    """Images (uint8, ``(N, 3, S, S)``) and one caption each.
+
+    ``views`` (``(N, V, 3, S, S)``, optional) are other renderings of each
+    image, ``num_views`` how many of them each has: a training pass shows each
+    pair in one of its views, drawn at random (``images`` is view 0).
+    """
 
     images: torch.Tensor
     captions: tuple[str, ...]
+    views: torch.Tensor | None = None
+    num_views: torch.Tensor | None = None
 
     def __attrs_post_init__(self) -> None:
         if len(self.images) != len(self.captions):
@@ -147,6 +159,102 @@ def load_emoji(image_size: int = 32) -> ImagePairs:
         image.alpha_composite(glyph)
         images.append(_to_tensor(image.resize((image_size, image_size), Image.Resampling.LANCZOS)))
     return ImagePairs(torch.stack(images), emoji_captions())
+
+
+GLYPH_FACES: tuple[str, ...] = (
+    "DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSerif", "DejaVuSerif-Bold", "DejaVuSerif-Italic",
+    "DejaVuSansMono", "DejaVuSansMono-Bold", "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic",
+)  # fmt: skip
+"""The font faces glyphs are drawn in: the TrueType files matplotlib ships (``matplotlib/mpl-data/fonts/ttf``)."""
+
+GLYPH_TEMPLATES: tuple[str, ...] = ("{}", "the character {}", "a glyph of {}")
+"""Zero-shot prompts of the glyph pairs."""
+
+
+def _face_path(face: str) -> Path:
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / f"{face}.ttf"
+
+
+_MIN_FACES = 4
+_INK = 200
+"""A view is drawn if some pixel is darker than this (a mapped glyph may be empty, or too faint at 32 px)."""
+
+
+def _glyph_candidates() -> tuple[str, ...]:
+    """Named letters, digits, punctuation marks and symbols of the Basic Multilingual Plane that at least
+    four of :data:`GLYPH_FACES` map (their character maps say which), in codepoint order."""
+    from matplotlib.ft2font import FT2Font
+
+    counts: dict[int, int] = {}
+    for face in GLYPH_FACES:
+        for code in FT2Font(str(_face_path(face))).get_charmap():
+            counts[code] = counts.get(code, 0) + 1
+    chars = []
+    for code in sorted(c for c, n in counts.items() if n >= _MIN_FACES and 0x20 < c < 0x10000):
+        char = chr(code)
+        if unicodedata.name(char, "") and unicodedata.category(char)[0] in "LNPS":
+            chars.append(char)
+    return tuple(chars)
+
+
+@functools.lru_cache(maxsize=2)
+def load_glyphs(image_size: int = 32) -> ImagePairs:
+    """Every glyph in every face that draws it, black on white, centred and downscaled to ``image_size``.
+
+    Kept: the characters that at least four faces draw with visible ink.
+    ``images`` is each character in the first face that has it; ``views``
+    holds all its faces (a few seconds to draw; cached per process).
+    """
+    from matplotlib.ft2font import FT2Font
+    from PIL import Image, ImageDraw, ImageFont
+
+    if image_size < 4:
+        raise ValueError(f"image_size must be >= 4, got {image_size}")
+    chars, canvas = _glyph_candidates(), 2 * image_size
+    size = 3 * image_size // 2
+    faces = [(set(FT2Font(str(_face_path(f))).get_charmap()), ImageFont.truetype(str(_face_path(f)), size))
+             for f in GLYPH_FACES]  # fmt: skip
+    views = torch.full((len(chars), len(faces), 3, image_size, image_size), 255, dtype=torch.uint8)
+    num_views = torch.zeros(len(chars), dtype=torch.long)
+    for i, char in enumerate(chars):
+        for charmap, font in faces:
+            if ord(char) not in charmap:
+                continue
+            image = Image.new("L", (canvas, canvas), 255)
+            left, top, right, bottom = font.getbbox(char)
+            at = ((canvas - (right - left)) // 2 - left, (canvas - (bottom - top)) // 2 - top)
+            ImageDraw.Draw(image).text(at, char, font=font, fill=0)
+            view = _to_tensor(image.resize((image_size, image_size), Image.Resampling.LANCZOS))
+            if int(view.min()) < _INK:
+                views[i, num_views[i]] = view
+                num_views[i] += 1
+    keep = num_views >= _MIN_FACES
+    captions = tuple(unicodedata.name(c).lower() for c, k in zip(chars, keep.tolist()) if k)
+    views = views[keep]
+    return ImagePairs(views[:, 0].clone(), captions, views, num_views[keep])
+
+
+def glyph_captions() -> tuple[str, ...]:
+    """The caption of every glyph: its lower-case Unicode name."""
+    return load_glyphs().captions
+
+
+@functools.lru_cache(maxsize=1)
+def glyph_tokenizer() -> WordTokenizer:
+    """The tokenizer of the glyph data: every word of every glyph caption and of the zero-shot templates."""
+    return WordTokenizer.from_texts(glyph_captions() + tuple(t.format("") for t in GLYPH_TEMPLATES))
+
+
+def glyph_loaders(
+    batch_size: int = 64, image_size: int = 32, seed: int = 0, val_fraction: float = 0.1
+) -> tuple[DataLoader, DataLoader]:
+    """Loaders over the ~4,100 glyph pairs with :func:`glyph_tokenizer`: a seeded 10 % of the characters held
+    out, each in its first face; training draws every character in a random one of its faces each time."""
+    pairs = load_glyphs(image_size)
+    options = {"val_fraction": val_fraction, "seed": seed, "templates": GLYPH_TEMPLATES}
+    return image_text_loaders(pairs, glyph_tokenizer(), batch_size, **options)
 
 
 def load_pairs_csv(path: str | os.PathLike[str], image_size: int = 32) -> ImagePairs:
@@ -243,7 +351,8 @@ def image_text_loaders(
 
     The split is random but seeded. Pixels are standardised per channel with
     the training split's statistics. Training batches drop the last partial
-    batch: the contrastive loss needs full batches of negatives.
+    batch: the contrastive loss needs full batches of negatives. With
+    ``pairs.views``, a training pair shows one of its views at random.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -267,11 +376,29 @@ def image_text_loaders(
             columns["prompt_mask"] = prompt_mask.view(len(captions), len(templates), -1)
         return Rows(**columns)
 
+    training = rows(train, False)
+    if pairs.views is not None:
+        views = (pairs.views[train].float() / 255.0 - mean.unsqueeze(1)) / std.unsqueeze(1)
+        training = RandomViews(training, views, pairs.num_views[train])
     gen = torch.Generator().manual_seed(seed)
     return (
-        DataLoader(rows(train, False), batch_size=batch_size, shuffle=True, drop_last=True, generator=gen),
+        DataLoader(training, batch_size=batch_size, shuffle=True, drop_last=True, generator=gen),
         DataLoader(rows(val, True), batch_size=256),
     )
+
+
+class RandomViews(torch.utils.data.Dataset):
+    """Rows whose ``pixel_values`` are one of each row's views, drawn afresh at every access (torch's RNG)."""
+
+    def __init__(self, rows: Rows, views: torch.Tensor, num_views: torch.Tensor) -> None:
+        self.rows, self.views, self.num_views = rows, views, num_views
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        view = int(torch.randint(int(self.num_views[index]), ()))
+        return self.rows[index] | {"pixel_values": self.views[index, view]}
 
 
 def emoji_loaders(

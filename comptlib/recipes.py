@@ -87,7 +87,8 @@ class Recipe:
         ``val/`` (``validation/``, ``test/``) beside its ``train/``
         (:func:`comptlib.data.splits`), else a split of the training data.
         A user's images are resized to ``image_size`` squares, by default the
-        size of the first training image, and the models built for that size.
+        size of the first training image, read as one channel when all are
+        grey, and the models built for that size and those channels.
         """
         if path is None and (max_bytes is None or self.user_data != "text"):
             return (*self.loaders(batch_size, seed), {})
@@ -95,10 +96,12 @@ class Recipe:
 
         path = path or "stdlib"
         if self.user_data == "images":
-            size = image_size or data.first_image_size(path)
-            options = {"val_root": val_path, "seed": seed}
+            size, channels = data.image_format(path)
+            size = image_size or size
+            options = {"val_root": val_path, "seed": seed, "channels": channels}
             train, val, classes = data.image_folder_loaders(path, size, batch_size, **options)
-            return train, val, {"num_classes": classes, "image_size": size}
+            built = {"num_classes": classes, "image_size": size}
+            return train, val, built | ({"in_channels": channels} if channels != 3 else {})
         if self.user_data == "text":
             path, val_path = data.splits(path, val_path) if path != "stdlib" else (path, val_path)
         if self.user_data == "text" and self.tokenizer is not None:
@@ -139,13 +142,21 @@ def vit_patch(image_size: int) -> int:
 
 
 def _vit_at(default_size: int, default_patch: int) -> Callable[..., nn.Module]:
-    def build(width: int, depth: int, num_classes: int = 10, image_size: int = default_size) -> nn.Module:
+    def build(
+        width: int, depth: int, num_classes: int = 10, image_size: int = default_size, in_channels: int = 3
+    ) -> nn.Module:
         from comptlib.families.vit import build_vit
 
         if width % 16:
             raise ConfigError(f"sizes: ViT width {width} must be a multiple of 16 (head_dim 16)")
         patch = default_patch if image_size == default_size else vit_patch(image_size)
-        return build_vit(width, depth, image_size=image_size, patch_size=patch, num_classes=num_classes)
+        options = {
+            "image_size": image_size,
+            "patch_size": patch,
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+        }
+        return build_vit(width, depth, **options)
 
     return build
 
@@ -153,18 +164,20 @@ def _vit_at(default_size: int, default_patch: int) -> Callable[..., nn.Module]:
 _vit = _vit_at(8, 2)
 
 
-def _resnet(width: int, depth: int, num_classes: int = 10) -> nn.Module:
+def _resnet(width: int, depth: int, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     from torchvision.models.resnet import BasicBlock
 
     from comptlib.families.convnet import resnet
 
-    return resnet(BasicBlock, [depth] * 3, [width, 2 * width, 4 * width], num_classes=num_classes)
+    widths = [width, 2 * width, 4 * width]
+    return resnet(BasicBlock, [depth] * 3, widths, num_classes=num_classes, in_channels=in_channels)
 
 
-def _convnext(width: int, depth: int, num_classes: int = 10) -> nn.Module:
+def _convnext(width: int, depth: int, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     from comptlib.families.convnet import convnext
 
-    return convnext([width, 2 * width, 4 * width], [depth, depth, 3 * depth], num_classes=num_classes)
+    widths = [width, 2 * width, 4 * width]
+    return convnext(widths, [depth, depth, 3 * depth], num_classes=num_classes, in_channels=in_channels)
 
 
 def _lm(builder: str) -> Callable[..., nn.Module]:
@@ -178,13 +191,19 @@ def _lm(builder: str) -> Callable[..., nn.Module]:
     return build
 
 
-def _clip(width: int, depth: int) -> nn.Module:
-    from comptlib.families.clip import build_clip
-    from comptlib.image_text import emoji_tokenizer
+def _clip_on(tokenizer: str) -> Callable[[int, int], nn.Module]:
+    """A CLIP builder for the vocabulary of ``comptlib.image_text``'s tokenizer function ``tokenizer``."""
 
-    if width % 16:
-        raise ConfigError(f"sizes: CLIP width {width} must be a multiple of 16 (head_dim 16)")
-    return build_clip(width, depth, vocab_size=emoji_tokenizer().vocab_size, patch_size=8)
+    def build(width: int, depth: int) -> nn.Module:
+        from comptlib import image_text
+        from comptlib.families.clip import build_clip
+
+        if width % 16:
+            raise ConfigError(f"sizes: CLIP width {width} must be a multiple of 16 (head_dim 16)")
+        vocab = getattr(image_text, tokenizer)().vocab_size
+        return build_clip(width, depth, vocab_size=vocab, patch_size=8)
+
+    return build
 
 
 def _emoji(batch_size: int, seed: int) -> Loaders:
@@ -193,12 +212,19 @@ def _emoji(batch_size: int, seed: int) -> Loaders:
     return emoji_loaders(batch_size, 32, seed, 0.2)
 
 
-def _paper_vit(width: int, depth: int, num_heads: int, mlp_dim: int, num_classes: int = 10) -> nn.Module:
+def _glyphs(batch_size: int, seed: int) -> Loaders:
+    from comptlib.image_text import glyph_loaders
+
+    return glyph_loaders(batch_size, 32, seed)
+
+
+def _paper_vit(
+    width: int, depth: int, num_heads: int, mlp_dim: int, num_classes: int = 10, in_channels: int = 3
+) -> nn.Module:
     from comptlib.families.vit import build_vit
 
-    return build_vit(
-        width, depth, num_heads=num_heads, mlp_dim=mlp_dim, image_size=224, patch_size=16, num_classes=num_classes
-    )
+    options = {"image_size": 224, "patch_size": 16, "num_classes": num_classes, "in_channels": in_channels}
+    return build_vit(width, depth, num_heads=num_heads, mlp_dim=mlp_dim, **options)
 
 
 _PAPER_VITS = {
@@ -306,9 +332,20 @@ RECIPES: dict[str, Recipe] = {
         "steps",
         2e-3,
         64,
-        _clip,
+        _clip_on("emoji_tokenizer"),
         _emoji,
         "Noto Color Emoji 32x32 with their Unicode names (~1,300 pairs)",
+    ),
+    "clip-glyphs": Recipe(
+        "clip",
+        ("32x2", "64x3", "128x4"),
+        (600.0, 112.0, 75.0),
+        "steps",
+        2e-3,
+        64,
+        _clip_on("glyph_tokenizer"),
+        _glyphs,
+        "4,101 Unicode glyphs 32x32 in up to 11 DejaVu/STIX faces, with their Unicode names (410 characters held out)",
     ),
     "fashion-vit": Recipe(
         "vit",

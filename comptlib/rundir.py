@@ -38,7 +38,9 @@ LOCK = ".comptlib.lock"
 CONFIG = "config.json"
 RUN_FILES = frozenset({MARKER, LOCK, CONFIG, "metrics.jsonl", "lineage.json", "report.json", "report.md", "report.png"})
 TRACKER_DIRS = frozenset({"tensorboard", "wandb", "mlruns"})  # what comptlib.loggers write: the run's too
-STAGE_FILES = frozenset({"model.safetensors", "model", "state.pt", "stage.json", "partial.pt", "README.md"})
+STAGE_FILES = frozenset(
+    {"model.safetensors", "model", "state.pt", "stage.json", "partial.pt", "README.md", "pre_decay.safetensors"}
+)
 RESUMABLE = frozenset(
     {"sizes", "budgets", "targets", "eval_every", "checkpoint_every", "device", "num_workers", "compile", "strategy"}
     | {"log_to"}

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from benchmarks.report import END, START, write_report
 from benchmarks.run import LADDERS, SUITES, ablations, main
@@ -21,6 +22,7 @@ def quick(tmp_path_factory):
 def test_every_ladder_runs_both_ways_with_a_budget_search(quick) -> None:
     results = json.loads((quick / "out" / "results.json").read_text())
     assert set(results["ladders"]) == set(SUITES["quick"].ladders) >= {"fashion-vit-3", "fashion-resnet-3"}
+    assert "llama-data-limited" in results["ladders"]  # the LM regimes' stdlib split
     assert results["machine"]["cpu_count"] and results["command"].startswith("python -m benchmarks.run --suite quick")
     for name, ladder in results["ladders"].items():
         runs = ladder["seeds"]["0"]
@@ -94,3 +96,20 @@ def test_pieces_merge_by_seed_and_part() -> None:
     assert merged == {0: {"alone": "a0", "chain": "c0"}, 1: {"alone": "a1", "chain": "c1", "ablations": "x1"}}
     other = _merge_seeds(old | {"baselines": [8, 16]}, new)["seeds"]  # other budgets: the earlier seeds dropped
     assert other == {1: {"alone": "a1", "ablations": "x1"}}
+
+
+def test_the_lm_regimes_share_one_held_out_tail_and_the_compute_limited_one_reads_no_window_twice() -> None:
+    limited, unlimited = LADDERS["llama-data-limited"], LADDERS["llama-compute-limited"]
+    (few, held_out), (many, same) = (
+        ladder.loaders(16, train_size=ladder.train_size) for ladder in (limited, unlimited)
+    )
+    assert (
+        torch.equal(held_out.dataset.columns["input_ids"], same.dataset.columns["input_ids"])
+        and len(held_out.dataset) == 2048
+    )
+    assert len(few.dataset) == 8192 and torch.equal(
+        few.dataset.columns["input_ids"], many.dataset.columns["input_ids"][:8192]
+    )
+    longest = unlimited.budgets[0] * 2**unlimited.knee * unlimited.batch_size
+    assert len(many.dataset) >= longest  # the largest budget of the knee search is under one pass
+    assert longest / len(few.dataset) > 9  # and over nine epochs of the data-limited corpus

@@ -3,9 +3,11 @@
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_model
 from typer.testing import CliRunner
 
+import comptlib
 from comptlib.cli import app
 from comptlib.families.vit import build_vit
 
@@ -256,6 +258,24 @@ def _pngs(root, classes=("3", "7"), per_class=20, size=28) -> None:
             Image.new("L", (size, size), 10 * i + 100 * (c == classes[1])).save(root / c / f"{i}.png")
 
 
+def test_bench_search_stops_each_grown_model_at_its_baseline_for_the_matched_quality_ratio(tmp_path) -> None:
+    args = ["bench", "--sizes", "16x1,32x1", "--budgets", "40,5", "--unit", "steps", "--eval-every", "10"]
+    result = runner.invoke(app, [*args, "--no-transfer", "--search", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    grown = bench["models"][1]
+    assert grown["reached"] and grown["search"] >= grown["alone"] and grown["search_steps"] < grown["alone_steps"]
+    assert bench["matched_quality_ratio"] == pytest.approx(bench["alone_flops"] / bench["search_flops"])
+    assert 1 < bench["matched_quality_ratio"] < bench["acceleration_ratio"] * 40 / 5
+    assert f"matched-quality ratio (budget search): {bench['matched_quality_ratio']:.2f}x" in flat(result.output)
+    # with distillation towards the weaker teacher, 40 steps are not enough: the cap, and no ratio claimed
+    result = runner.invoke(app, [*args, "--search", "--out", str(tmp_path / "kd"), "--no-progress"])
+    bench = json.loads((tmp_path / "kd" / "bench.json").read_text())
+    grown = bench["models"][1]
+    assert (grown["reached"], grown["search_steps"], bench["matched_quality_ratio"]) == (False, 40, None)
+    assert "matched-quality ratio (budget search): not reached" in flat(result.output)
+
+
 def test_an_image_folder_split_into_train_and_val_holds_out_val(tmp_path) -> None:
     for split in ("train", "val"):
         _pngs(tmp_path / "mnist" / split, per_class=20 if split == "train" else 5)
@@ -263,13 +283,33 @@ def test_an_image_folder_split_into_train_and_val_holds_out_val(tmp_path) -> Non
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     text = flat(result.output)
-    assert "images: 28x28 from the data" in text
+    assert "images: 28x28 from the data, as 1 channel (grey)" in text
+    assert comptlib.load(tmp_path / "run" / "vit-32x2").conv_proj.in_channels == 1  # grey read as grey
     assert f"40 for training from {tmp_path / 'mnist' / 'train'}" in text
     assert f"held out: 10 images from {tmp_path / 'mnist' / 'val'}" in text
     assert json.loads((tmp_path / "run" / "report.json").read_text())["data"] == str(tmp_path / "mnist")
     _pngs(tmp_path / "other", classes=("3", "8"), per_class=3)
     wrong = runner.invoke(app, [*args[:-1], str(tmp_path / "r2"), "--val-data", str(tmp_path / "other")])
     assert wrong.exit_code == 2 and "classes" in flat(wrong.output), wrong.output
+
+
+@pytest.mark.parametrize("family", ["resnet", "convnext"])
+def test_grey_images_build_one_channel_convnets_and_one_colour_image_makes_rgb(tmp_path, family) -> None:
+    from PIL import Image
+
+    _pngs(tmp_path / "grey", per_class=8, size=16)
+    args = ["grow", "--family", family, *TINY, "--batch-size", "8"]
+    result = runner.invoke(app, [*args, "--data", str(tmp_path / "grey"), "--out", str(tmp_path / "r1")])
+    assert result.exit_code == 0, result.output
+    assert "as 1 channel (grey)" in flat(result.output)
+    model = comptlib.load(tmp_path / "r1" / f"{family}-32x2")
+    stem = model.conv1 if family == "resnet" else model.features[0][0]
+    assert stem.in_channels == 1
+    assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 2)
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "grey" / "3" / "colour.png")
+    result = runner.invoke(app, [*args, "--data", str(tmp_path / "grey"), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 0, result.output
+    assert "as 3 channels (RGB)" in flat(result.output)
 
 
 def test_a_text_folder_says_what_was_read_and_uses_its_val(tmp_path) -> None:

@@ -249,6 +249,27 @@ def test_emoji_pairs_are_real_captioned_images(emoji) -> None:
     assert emoji_tokenizer().encode("closed umbrella")[-1] == EOS_ID
 
 
+def test_glyph_pairs_show_each_training_character_in_a_random_face_and_hold_out_whole_characters() -> None:
+    from comptlib.image_text import GLYPH_FACES, glyph_loaders, load_glyphs
+
+    pairs = load_glyphs(32)
+    assert 4000 < len(pairs) < 4300 and len(set(pairs.captions)) == len(pairs)  # one caption a character
+    assert {"latin small letter a with acute", "braille pattern dots-258", "rightwards arrow"} <= set(pairs.captions)
+    assert pairs.views.shape[:2] == (len(pairs), len(GLYPH_FACES)) and int(pairs.num_views.min()) >= 4
+    inked = (pairs.views < 200).flatten(2).any(-1)  # a drawn view has ink; the unused ones stay white
+    assert torch.equal(inked.sum(1), pairs.num_views)
+    train, val = glyph_loaders(64, seed=0)
+    assert len(train.dataset) + len(val.dataset) == len(pairs) and len(val.dataset) == 410
+    torch.manual_seed(0)
+    first = torch.stack([train.dataset[i]["pixel_values"] for i in range(64)])
+    second = torch.stack([train.dataset[i]["pixel_values"] for i in range(64)])
+    assert not torch.equal(first, second)  # another face drawn the second time
+    faces = train.dataset.views[:64]  # each drawn image is one of its character's faces
+    assert all(any(torch.equal(first[i], f) for f in faces[i]) for i in range(64))
+    held_out = {tuple(r) for r in next(iter(val))["input_ids"].tolist()}
+    assert not held_out & {tuple(r) for r in train.dataset.rows.columns["input_ids"].tolist()}
+
+
 def test_hugging_face_pools_text_at_the_end_token(emoji) -> None:
     from comptlib.image_text import emoji_tokenizer
 

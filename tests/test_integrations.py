@@ -27,13 +27,14 @@ def rows():
     return train.dataset
 
 
-def _trainer(tmp_path, rows, steps: int, **kwargs) -> DistillationTrainer:
+def _trainer(tmp_path, rows, steps: int, batch: int = 4, accumulate: int = 1, **kwargs) -> DistillationTrainer:
     torch.manual_seed(0)
     small = build_llama(32, 1)
     large = comptlib.grow(small, build_llama(64, 2))
+    settings = {"learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no", "report_to": [], "disable_tqdm": True}
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-2,
-        logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True,
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulate, use_cpu=True, **settings | kwargs.pop("args", {}),
     )  # fmt: skip
     return DistillationTrainer(large, args, train_dataset=rows, teacher=small, **kwargs)
 
@@ -74,6 +75,26 @@ def test_a_projector_is_built_on_the_first_batch_and_trained(tmp_path, rows):
     assert mse.proj is not None and mse.proj.weight.shape == (32, 64)
     assert any(p is mse.proj.weight for group in trainer.optimizer.param_groups for p in group["params"])
     assert mse.proj.weight.grad is not None
+
+
+def test_gradient_accumulation_takes_the_same_step_as_one_batch_of_the_same_examples(tmp_path, rows):
+    # SGD without clipping: unlike Adam, its step scales with the gradient, so a loss (objective or
+    # transfer) scaled wrongly across micro-batches would show; the transfer is made non-zero.
+    sgd = {"optim": "sgd", "max_grad_norm": 0.0, "learning_rate": 0.5}
+    trained = []
+    for batch, accumulate in ((4, 1), (2, 2)):
+        trainer = _trainer(tmp_path / str(batch), rows, steps=2, batch=batch, accumulate=accumulate, args=sgd)
+        with torch.no_grad():
+            trainer.teacher.lm_head.weight.mul_(1.5)
+        before = trainer.model.model.layers[1].mlp.down_proj.weight.detach().clone()
+        trainer.train()
+        trained.append(trainer)
+        assert not torch.equal(before, trainer.model.model.layers[1].mlp.down_proj.weight)
+    whole, accumulated = (dict(t.model.named_parameters()) for t in trained)
+    for name, weight in whole.items():
+        assert torch.allclose(weight, accumulated[name], atol=1e-6, rtol=1e-5), name
+    logged = [[e["transfer_loss"] for e in t.state.log_history if "transfer_loss" in e] for t in trained]
+    assert len(logged[1]) == 2 and logged[0] == pytest.approx(logged[1], rel=1e-4)  # one mean per optimiser step
 
 
 def test_hf_trainer_example_smoke(capsys):

@@ -22,6 +22,7 @@ from conftest import perturb
 
 IMAGES = {"x": torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))}
 TOKENS = {"input_ids": torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(0))}
+GREY = {"x": torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))}
 PAIRS = TOKENS | {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))}
 
 # name: (source, target, grower options, inputs)
@@ -38,6 +39,19 @@ CASES = {
         lambda: convnext([16, 32], [1, 2], 10),
         {"approximate": True},
         IMAGES,
+    ),
+    "vit grey": (lambda: build_vit(16, 1, in_channels=1), lambda: build_vit(32, 2, in_channels=1), {}, GREY),
+    "resnet grey": (
+        lambda: resnet(BasicBlock, [1], [8], 10, in_channels=1),
+        lambda: resnet(BasicBlock, [2], [12], 10, in_channels=1),
+        {},
+        GREY,
+    ),
+    "convnext grey": (
+        lambda: convnext([8, 16], [1, 1], 10, in_channels=1),
+        lambda: convnext([8, 16], [1, 2], 10, in_channels=1),
+        {},
+        GREY,
     ),
     "timm_vit": (lambda: build_timm_vit(16, 1), lambda: build_timm_vit(32, 2), {}, IMAGES),
     "llama": (lambda: build_llama(32, 1), lambda: build_llama(64, 2), {}, TOKENS),

@@ -85,6 +85,32 @@ def test_pre_decay_grows_from_the_snapshot_where_the_decay_begins_and_distils_fr
     assert chain.history_[0]["steps"] == 8 and chain.ledger_.stages[0].samples == 8 * chain.history_[0]["batch_size"]
 
 
+class Crash(Callback):
+    def __init__(self, index: int, step: int) -> None:
+        self.index, self.step = index, step
+
+    def on_step_end(self, stage) -> None:
+        if (stage.index, stage.step) == (self.index, self.step):
+            raise RuntimeError("killed")
+
+
+@pytest.mark.parametrize("where", ["after model 0", "inside model 0, past its decay start"])
+def test_a_resumed_chain_grows_from_the_pre_decay_snapshot_it_saved(digits, tmp_path, where) -> None:
+    train, val = digits
+    common = {"budgets": [8, 4], "unit": "steps", "optim": WSD, "progress": False, "grow_from": "pre_decay"}
+    reference = Chain(models(), **common).fit(train, val)
+    run = {"checkpoint_dir": str(tmp_path), "checkpoint_every": 1}
+    if where == "after model 0":
+        with pytest.raises(RuntimeError, match="killed"):
+            Chain(models(), callbacks=[Crash(1, 1)], **common | run).fit(train, val)
+    else:  # the partial checkpoint of step 7 is past the snapshot of step 6
+        with pytest.raises(RuntimeError, match="killed"):
+            Chain(models(), callbacks=[Crash(0, 7)], **common | run).fit(train, val)
+    assert (tmp_path / "vit-0" / "pre_decay.safetensors").exists()
+    resumed = Chain(models(), resume=True, **common | run).fit(train, val)
+    assert [weights_hash(m) for m in resumed.models_] == [weights_hash(m) for m in reference.models_]
+
+
 def test_pre_decay_needs_a_wsd_schedule(digits) -> None:
     with pytest.raises(ValueError, match="schedule='wsd'"):
         Chain(models(), budgets=[4, 2], unit="steps", grow_from="pre_decay", progress=False).fit(digits[0])

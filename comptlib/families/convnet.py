@@ -73,6 +73,7 @@ def resnet(
     stem: int | None = None,
     groups: int = 1,
     width_per_group: int = 64,
+    in_channels: int = 3,
 ) -> ResNet:
     """A plain torchvision ``ResNet`` with any stage widths and 1 to 4 stages.
 
@@ -82,14 +83,15 @@ def resnet(
     in a stem, stages (from torchvision's own ``_make_layer``) and classifier
     of the asked sizes, initialised as torchvision does. Stages past ``len(widths)`` are empty, so they are the identity.
     ``stem`` (default ``widths[0]``) is the stem's width; ``groups`` and
-    ``width_per_group`` are torchvision's (``wide_resnet50_2`` has 128).
+    ``width_per_group`` are torchvision's (``wide_resnet50_2`` has 128);
+    ``in_channels`` is 1 for grey images.
     """
     if not 1 <= len(widths) <= 4 or len(layers) != len(widths) or min(layers) < 1:
         raise ValueError(f"need 1-4 stages with at least one block each, got layers={layers}, widths={widths}")
     with torch.device("meta"):
         model = ResNet(block, [1, 1, 1, 1], num_classes=num_classes, groups=groups, width_per_group=width_per_group)
     model.inplanes = widths[0] if stem is None else stem
-    model.conv1 = nn.Conv2d(3, model.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+    model.conv1 = nn.Conv2d(in_channels, model.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
     model.bn1 = nn.BatchNorm2d(model.inplanes)
     for i in range(4):
         if i < len(widths):
@@ -104,8 +106,8 @@ def resnet(
     return model
 
 
-def convnext(widths: Sequence[int], depths: Sequence[int], num_classes: int = 1000) -> ConvNeXt:
-    """A plain torchvision ``ConvNeXt`` with the given stage widths and blocks per stage.
+def convnext(widths: Sequence[int], depths: Sequence[int], num_classes: int = 1000, in_channels: int = 3) -> ConvNeXt:
+    """A plain torchvision ``ConvNeXt`` with the given stage widths and blocks per stage (``in_channels`` 1: grey).
 
     >>> convnext([16, 32], [1, 2], num_classes=10).classifier[2].in_features
     32
@@ -113,7 +115,13 @@ def convnext(widths: Sequence[int], depths: Sequence[int], num_classes: int = 10
     if len(widths) != len(depths) or not widths:
         raise ValueError(f"need one depth per stage width, got widths={widths}, depths={depths}")
     outs = [*widths[1:], None]
-    return ConvNeXt([CNBlockConfig(w, o, n) for w, o, n in zip(widths, outs, depths)], num_classes=num_classes)
+    model = ConvNeXt([CNBlockConfig(w, o, n) for w, o, n in zip(widths, outs, depths)], num_classes=num_classes)
+    if in_channels != 3:  # torchvision's stem reads RGB: the same patchify conv, initialised as torchvision does
+        stem = model.features[0][0]
+        model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, stem.kernel_size, stem.stride)
+        nn.init.trunc_normal_(model.features[0][0].weight, std=0.02)
+        nn.init.zeros_(model.features[0][0].bias)
+    return model
 
 
 def _resnet_stages(model: ResNet) -> list[nn.Sequential]:
@@ -154,6 +162,7 @@ def resnet_spec(model: ResNet) -> Spec:
         "stem": model.conv1.out_channels,
         "groups": model.groups,
         "width_per_group": model.base_width,
+        "in_channels": model.conv1.in_channels,
     }
     return Spec(path_of(resnet), kwargs)
 
@@ -163,7 +172,13 @@ def convnext_spec(model: ConvNeXt) -> Spec:
     dims = convnext_dims(model)
     widths = [dims[f"stage{i}_channels"] for i in range(1, dims["num_stages"] + 1)]
     depths = [dims[f"stage{i}_blocks"] for i in range(1, dims["num_stages"] + 1)]
-    return Spec(path_of(convnext), {"widths": widths, "depths": depths, "num_classes": dims["num_classes"]})
+    kwargs = {
+        "widths": widths,
+        "depths": depths,
+        "num_classes": dims["num_classes"],
+        "in_channels": dims["in_channels"],
+    }
+    return Spec(path_of(convnext), kwargs)
 
 
 def _convnext_stages(model: ConvNeXt) -> list[nn.Sequential]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +49,23 @@ def vit_dims(model: VisionTransformer) -> dict[str, int]:
     }
 
 
+def vision_transformer(*, in_channels: int = 3, **kwargs: Any) -> VisionTransformer:
+    """torchvision's ``VisionTransformer`` reading ``in_channels`` channels (1: grey images).
+
+    torchvision's patch embedding reads RGB; this swaps in the same conv for
+    other channel counts, initialised by torchvision's rule, so grey images
+    are read as they are instead of repeated into three channels.
+    """
+    model = VisionTransformer(**kwargs)
+    if in_channels != 3:
+        conv = model.conv_proj
+        model.conv_proj = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride)
+        fan_in = in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        nn.init.trunc_normal_(model.conv_proj.weight, std=math.sqrt(1 / fan_in))
+        nn.init.zeros_(model.conv_proj.bias)
+    return model
+
+
 def build_vit(
     hidden_dim: int,
     num_layers: int,
@@ -57,19 +75,21 @@ def build_vit(
     image_size: int = 8,
     patch_size: int = 2,
     num_classes: int = 10,
+    in_channels: int = 3,
 ) -> VisionTransformer:
     """A torchvision ViT with head_dim 16 and an MLP twice as wide unless told otherwise.
 
     The defaults fit the 8x8 digits: 16 patches of 2x2 plus the class token.
     """
-    return VisionTransformer(
-        image_size,
-        patch_size,
+    return vision_transformer(
+        image_size=image_size,
+        patch_size=patch_size,
         num_layers=num_layers,
         num_heads=num_heads or max(hidden_dim // 16, 1),
         hidden_dim=hidden_dim,
         mlp_dim=mlp_dim or 2 * hidden_dim,
         num_classes=num_classes,
+        in_channels=in_channels,
     )
 
 
@@ -79,7 +99,10 @@ def vit_spec(model: VisionTransformer) -> Spec:
     keys = ("image_size", "patch_size", "num_heads", "hidden_dim", "mlp_dim", "num_classes")
     kwargs = {k: dims[k] for k in keys} | {"num_layers": dims["num_layers"]}
     kwargs |= {"dropout": model.dropout, "attention_dropout": model.attention_dropout}
-    return Spec(path_of(VisionTransformer), kwargs | {"representation_size": model.representation_size})
+    kwargs |= {"representation_size": model.representation_size}
+    if dims["in_channels"] == 3:  # torchvision's own class rebuilds it
+        return Spec(path_of(VisionTransformer), kwargs)
+    return Spec(path_of(vision_transformer), kwargs | {"in_channels": dims["in_channels"]})
 
 
 def _roles(model: VisionTransformer) -> Roles:
