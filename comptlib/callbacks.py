@@ -32,7 +32,6 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +44,7 @@ from comptlib.checkpoint import (
     load_snapshot,
     position,
     save_partial,
+    save_sharded,
     save_snapshot,
     save_stage,
     trim_metrics,
@@ -126,8 +126,7 @@ class PreDecaySnapshot(Callback):
 
     def on_step_end(self, stage: Stage) -> None:
         if stage.step == stage.optim.decay_start(stage.total):
-            with stage.trainee.gathered() as model:
-                stage.snapshot = copy.deepcopy(model).eval()
+            stage.snapshot = stage.trainee.copy().eval()
             if stage.folder is not None and stage.world.main:
                 save_snapshot(stage.folder, stage.snapshot, stage.signature)
 
@@ -185,8 +184,9 @@ def _finite(value: Any) -> Any:
 class Checkpointer(Callback):
     """Each finished stage, mid-stage checkpoints every ``every`` steps, and resume from them.
 
-    Every rank builds the state (gathering a sharded student is collective);
-    only the main rank (``write``) writes it.
+    Every rank builds the state (its reductions are collective). Unsharded,
+    only the main rank (``write``) writes it, as ``partial.pt``; a sharded
+    student is saved by every rank, each its own shards (:func:`save_sharded`).
     """
 
     def __init__(self, every: int, resume: bool, write: bool) -> None:
@@ -194,13 +194,15 @@ class Checkpointer(Callback):
 
     def on_stage_start(self, stage: Stage) -> None:
         if self.resume and stage.folder is not None:
-            stage.resume_from = load_partial(stage.folder, stage.signature)
+            stage.resume_from = load_partial(stage.folder, stage.signature, stage.world, stage.sharded)
 
     def on_step_end(self, stage: Stage) -> None:
         due = self.every and stage.step % self.every == 0 and stage.step < stage.total
         if due and stage.folder is not None and not stage.stop:
             state = stage.state_dict()
-            if self.write:
+            if stage.sharded:
+                save_sharded(stage.folder, state, stage.world)
+            elif self.write:
                 save_partial(stage.folder, state)
 
     def on_stage_end(self, stage: Stage) -> None:

@@ -7,7 +7,10 @@ parent's signature, so a changed chain (a new middle model, another budget)
 retrains exactly the stages whose lineage changed. Mid-stage checkpoints
 (``partial.pt``) hold the student, optimiser, scheduler, transfer and RNG
 state, and are loaded with ``torch.load(weights_only=True)``: no pickled code
-runs.
+runs. A sharded (FSDP) student's are a ``torch.distributed.checkpoint``
+folder instead (``partial/``: every rank's shards, DCP's ``.metadata``, and
+``state.pt`` with the rest and a hash of every file), checked before it is
+read: see :func:`save_sharded`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import pickle
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +29,15 @@ import torch
 from torch import nn
 
 from comptlib.card import model_card
+from comptlib.distributed import World
 from comptlib.errors import ComptError
-from comptlib.io import atomic_write, read_jsonl, recover_folder, save_model, write_json
+from comptlib.io import TMP_SUFFIX, atomic_write, read_jsonl, recover_folder, replace_folder, save_model, write_json
 
 STAGE_FILE = "stage.json"
 PARTIAL_FILE = "partial.pt"
+PARTIAL_DIR = "partial"  # a sharded student's mid-stage checkpoint
+SHARDED_STATE = "state.pt"  # in it: everything but the shards, and the hash of every file
+DCP_METADATA = ".metadata"
 
 
 class CheckpointError(ComptError, ValueError):
@@ -160,6 +169,7 @@ def save_stage(folder: Path, model: nn.Module, record: dict[str, Any], state: di
     atomic_write(folder / "state.pt", lambda tmp: torch.save(state, tmp))
     write_json(folder / STAGE_FILE, record)
     (folder / PARTIAL_FILE).unlink(missing_ok=True)
+    shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
 
 
 def finished_stage(folder: Path, sig: str) -> dict[str, Any] | None:
@@ -217,13 +227,129 @@ def save_partial(folder: Path, state: dict[str, Any]) -> None:
     atomic_write(folder / PARTIAL_FILE, lambda tmp: torch.save(state, tmp))
 
 
-def load_partial(folder: Path, sig: str) -> dict[str, Any] | None:
-    """The mid-stage state of a stage with this signature, or None."""
+def load_partial(folder: Path, sig: str, world: World = World(), sharded: bool = False) -> dict[str, Any] | None:
+    """The mid-stage state of a stage with this signature, or None.
+
+    ``sharded``: the sharded checkpoint's, checked (collective: every rank
+    calls it), with ``"shards"``, the folder :func:`read_shards` reads the
+    student and optimiser from. A run reads only its own kind: a sharded one
+    ignores ``partial.pt``, an unsharded one ``partial/``.
+    """
+    if sharded:
+        return _load_sharded(folder / PARTIAL_DIR, sig, world)
     path = folder / PARTIAL_FILE
     if not path.exists():
         return None
     state = _torch_load(path)
     return state if state.get("signature") == sig else None
+
+
+def _split(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A sharded stage state as what DCP writes (the student's and optimiser's tensors) and the rest."""
+    shards = {"student": state["student"], "optimizer": state["optimizer"]["state"]}
+    rest = {k: v for k, v in state.items() if k != "student"}
+    return shards, rest | {"optimizer": {"param_groups": state["optimizer"]["param_groups"]}}
+
+
+def save_sharded(folder: Path, state: dict[str, Any], world: World) -> None:
+    """Save a sharded mid-stage checkpoint, ``partial/``: each rank writes its own shards (collective).
+
+    Written into ``.partial.tmp``: every rank's shards and DCP's
+    ``.metadata`` (``dcp.save``, fsynced; rank 0 writes ``.metadata`` once
+    every rank's shards are written), then, on rank 0, ``state.pt`` with the
+    rest and the SHA-256 of each file; the folder then replaces ``partial/`` in
+    one rename. A kill at any point leaves the last complete checkpoint.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    path, tmp = folder / PARTIAL_DIR, folder / f".{PARTIAL_DIR}{TMP_SUFFIX}"
+    if world.main:
+        shutil.rmtree(tmp, ignore_errors=True)  # what a killed save left
+        tmp.mkdir(parents=True)
+    world.barrier()
+    shards, rest = _split(state)
+    dcp.save(shards, storage_writer=dcp.FileSystemWriter(tmp, single_file_per_rank=True, sync_files=True))
+    names = sorted(f.name for f in tmp.iterdir())
+    hashes = world.gather({name: _sha256(tmp / name) for name in names[world.rank :: world.size]})
+    if world.main:
+        files = {name: digest for part in hashes for name, digest in part.items()}
+        atomic_write(tmp / SHARDED_STATE, lambda t: torch.save(rest | {"world_size": world.size, "files": files}, t))
+        replace_folder(tmp, path)
+    world.barrier()
+
+
+def _load_sharded(path: Path, sig: str, world: World) -> dict[str, Any] | None:
+    """The rest of a sharded checkpoint, once every file is checked against its hash (ranks share the reading)."""
+    if world.main:
+        recover_folder(path)  # a swap a kill cut in two
+    world.barrier()
+    if not path.exists():
+        return None
+    state = _torch_load(path / SHARDED_STATE)
+    if state.get("signature") != sig:
+        return None
+    if state["world_size"] != world.size:  # the lineage holds the world size: a folder from elsewhere
+        raise CheckpointError(
+            f"{path} was saved by {state['world_size']} processes and this run has {world.size}: "
+            "resume it on as many, or delete it to retrain the stage"
+        )
+    names = sorted(state["files"])
+    bad = [n for n in names[world.rank :: world.size] if not _intact(path / n, state["files"][n])]
+    bad = sorted(n for part in world.gather(bad) for n in part)
+    if bad:
+        raise CheckpointError(f"{path} is corrupt: {', '.join(bad)} missing or not what was written")
+    _check_metadata(path / DCP_METADATA)
+    return state | {"shards": str(path)}
+
+
+def read_shards(state: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
+    """``target`` (the sharded state of the stage's student and optimiser) filled from ``state["shards"]``."""
+    import torch.distributed.checkpoint as dcp
+
+    shards, _ = _split(target)
+    try:
+        dcp.load(shards, storage_reader=dcp.FileSystemReader(state["shards"]))
+    except Exception as err:  # checked already: a folder changed since, or a model that does not fit it
+        raise CheckpointError(f"cannot load checkpoint {state['shards']}: {err}") from None
+    optimizer = {"state": shards["optimizer"], "param_groups": state["optimizer"]["param_groups"]}
+    return {"student": shards["student"], "optimizer": optimizer}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _intact(path: Path, digest: str) -> bool:
+    return path.is_file() and _sha256(path) == digest
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """DCP's ``.metadata`` is a pickle: only its own record classes, sizes and dtypes may be built from it."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        known = module == "torch" or module.startswith("torch.distributed.checkpoint.")
+        found = super().find_class(module, name) if known or (module, name) in _METADATA_GLOBALS else None
+        record = module.startswith("torch.distributed.checkpoint.") and isinstance(found, type)
+        value = isinstance(found, (torch.dtype, torch.layout, torch.memory_format)) or found is torch.Size
+        if record or value or (module, name) in _METADATA_GLOBALS:
+            return found
+        raise pickle.UnpicklingError(f"{module}.{name} has no place in a checkpoint's metadata")
+
+
+_METADATA_GLOBALS = {("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath")}
+
+
+def _check_metadata(path: Path) -> None:
+    """Refuse a ``.metadata`` that would run code when DCP unpickles it (torch reads it with plain pickle)."""
+    try:
+        with open(path, "rb") as f:
+            _MetadataUnpickler(f).load()
+    except Exception as err:
+        raise CheckpointError(f"cannot load checkpoint metadata {path}: {err}") from None
 
 
 def _torch_load(path: Path) -> dict[str, Any]:

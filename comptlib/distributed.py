@@ -62,12 +62,29 @@ class World:
         dist.all_reduce(total)
         return total / self.size
 
-    def mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Metrics averaged over ranks, so every rank reports (and stops on) the same numbers."""
+    def mean_metrics(self, metrics: dict[str, float], count: int | None = None) -> dict[str, float]:
+        """Metrics averaged over ranks, so every rank reports (and stops on) the same numbers.
+
+        With ``count`` (the samples this rank's metrics are means over), the
+        mean is weighted by it: ``sum(metric * count) / sum(count)``, in
+        float64, the metric of all the ranks' samples together.
+        """
         if not self.distributed or not metrics:
             return metrics
-        values = self.mean(torch.tensor(list(metrics.values()), dtype=torch.float64, device=_collective_device()))
-        return dict(zip(metrics, values.tolist()))
+        values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=_collective_device())
+        if count is None:
+            return dict(zip(metrics, self.mean(values).tolist()))
+        weighted = torch.cat([values * count, values.new_tensor([count])])
+        dist.all_reduce(weighted)
+        return dict(zip(metrics, (weighted[:-1] / weighted[-1]).tolist()))
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
 
     def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
         """Average the gradients of parameters no DDP/FSDP wrapper owns (a transferer's projector)."""
@@ -223,6 +240,29 @@ def shard_loader(loader: Iterable[Any], world: World, seed: int, pin_memory: boo
     return rebuild(loader, sampler=sampler, pin_memory=loader.pin_memory or pin_memory)
 
 
+def shard_eval(loader: Iterable[Any], world: World) -> tuple[Iterable[Any], int | None]:
+    """This rank's part of a held-out loader and its number of samples; or the whole loader and None.
+
+    Rank ``r`` reads every ``size``-th sample from the ``r``-th, in the
+    loader's order: no sample twice, none left out. The loader stays whole
+    where it cannot be split so: not a map-style DataLoader with a batch size
+    (or one that drops its last batch), or ranks that would read unequal
+    numbers of batches (a sharded model gathers each block on every rank
+    together, a forward at a time).
+    """
+    if not world.distributed or not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader, None
+    if loader.batch_size is None or loader.drop_last:
+        return loader, None
+    order = list(loader.sampler)
+    counts = [len(order[r :: world.size]) for r in range(world.size)]
+    if len({-(-c // loader.batch_size) for c in counts}) > 1:
+        return loader, None
+    from comptlib.data import rebuild
+
+    return rebuild(loader, sampler=order[world.rank :: world.size]), counts[world.rank]
+
+
 class Step(nn.Module):
     """A model and its family's forward as one module, so DDP, FSDP and compile see the whole step.
 
@@ -256,6 +296,63 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+def shards(world: World, strategy: str) -> bool:
+    """Whether the student is sharded over the ranks: FSDP under several processes."""
+    return world.distributed and strategy == "fsdp"
+
+
+def _empty_like(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """A copy of ``model`` whose tensors are uninitialised on ``device`` (``"meta"``: no memory), ties kept.
+
+    The deep copy never copies the weights (``to_empty`` would also untie a
+    shared embedding and output head).
+    """
+    memo: dict[int, Any] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        empty = torch.empty_like(tensor, device=device)
+        memo[id(tensor)] = nn.Parameter(empty, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else empty
+    return copy.deepcopy(model, memo)
+
+
+def _shard(step: Step, reshard_after_forward: bool | None = None) -> None:
+    """FSDP2 over the step's model: each repeated block its own group, the rest the root's.
+
+    ``None`` is FSDP2's default: blocks reshard after their forward, the root
+    stays gathered for the backward that follows.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for block in _blocks(step.model):
+        fully_shard(block, reshard_after_forward=reshard_after_forward)
+    fully_shard(step, reshard_after_forward=reshard_after_forward)
+
+
+def _copy_buffers(source: nn.Module, target: nn.Module) -> None:
+    """Buffers a state dict leaves out (e.g. rotary frequencies); FSDP never shards buffers."""
+    with torch.no_grad():
+        for name, buffer in source.named_buffers():
+            target.get_buffer(name).copy_(buffer)
+
+
+def shard_teacher(model: nn.Module, forward: Callable[[nn.Module, Any], Any], device: torch.device) -> Step:
+    """A copy of the frozen teacher sharded with FSDP2, for forwards only (no gradients, no optimiser).
+
+    Each rank keeps 1/N of the weights; a block is gathered for its forward
+    and freed right after (``reshard_after_forward``), so at most one block
+    and the root's weights are whole at a time. The copy is built on the
+    ``meta`` device and each rank fills its own shards from ``model``, so no
+    second full copy is made. Call it as the step: ``Outputs(**sharded(batch))``.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    step = Step(forward, _empty_like(model, "meta"))
+    _shard(step, reshard_after_forward=True)
+    step.to_empty(device=device)
+    set_model_state_dict(step.model, model.state_dict(), options=StateDictOptions(full_state_dict=True))
+    _copy_buffers(model, step.model)
+    return step.requires_grad_(False).eval()
+
+
 class Trainee:
     """The student as the ranks train it.
 
@@ -264,6 +361,8 @@ class Trainee:
     ``fully_shard`` over its repeated blocks and the rest
     (``strategy="fsdp"``). With ``compile=True`` the step is
     ``torch.compile``-d (after wrapping, as DDP and FSDP2 expect).
+    ``extra`` is what else the optimiser steps (a transferer's projector): the
+    sharded optimiser state names each parameter by where it sits in both.
     """
 
     def __init__(
@@ -274,23 +373,22 @@ class Trainee:
         device: torch.device,
         strategy: str = "ddp",
         compile: bool = False,
+        extra: nn.Module | None = None,
     ) -> None:
         self.model, self.world = model, world
-        self.sharded = world.distributed and strategy == "fsdp"
+        self.sharded = shards(world, strategy)
         step: nn.Module = Step(forward, model)
         if self.sharded:
-            from torch.distributed.fsdp import fully_shard
-
-            self._skeleton = copy.deepcopy(model).to("meta")  # the plain module the trained weights go back into
-            for block in _blocks(model):
-                fully_shard(block)
-            fully_shard(step)
+            self._skeleton = _empty_like(model, "meta")  # the plain module the trained weights go back into
+            _shard(step)
         elif world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             step = DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
         self.eager = step
         self.step = torch.compile(step) if compile else step
+        if self.sharded:  # what the optimiser steps, as one module (the optimiser state's parameter names)
+            self._stepped = nn.ModuleDict({"student": step} | ({"transfer": extra} if extra is not None else {}))
 
     def __call__(self, batch: Any, *, eager: bool = False) -> Any:
         """The family's outputs on ``batch``; ``eager`` skips compilation (the FLOP-counting step)."""
@@ -301,7 +399,12 @@ class Trainee:
 
     @contextlib.contextmanager
     def gathered(self) -> Iterator[nn.Module]:
-        """The plain model with its full weights, for evaluation mid-stage (FSDP gathers them meanwhile)."""
+        """The plain model, for evaluation mid-stage.
+
+        Sharded, the root's own weights (embeddings, head) are gathered
+        meanwhile; each block gathers its own for its forward and frees them
+        after, so the whole model is never gathered at once.
+        """
         if not self.sharded:
             yield self.model
             return
@@ -335,51 +438,51 @@ class Trainee:
                 torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
         return total
 
-    # -- checkpoints: full (unsharded) state, the same files with or without FSDP --
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        if not self.sharded:
-            return self.model.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    # -- checkpoints: plain state dicts, or (sharded) this rank's shards for torch.distributed.checkpoint --
+    def state(self, opt: torch.optim.Optimizer) -> dict[str, Any]:
+        """The student's and the optimiser's state (``"student"``, ``"optimizer"``).
 
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return full
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        Sharded: DTensors holding this rank's shards (the default, sharded
+        options of ``get_state_dict``): nothing is gathered.
+        """
         if not self.sharded:
-            self.model.load_state_dict(state)
+            return {"student": self.model.state_dict(), "optimizer": opt.state_dict()}
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        return {"student": get_model_state_dict(self.model), "optimizer": get_optimizer_state_dict(self._stepped, opt)}
+
+    def load(self, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Load what :meth:`state` gave (sharded: shards read into its layout)."""
+        if not self.sharded:
+            self.model.load_state_dict(state["student"])
+            opt.load_state_dict(state["optimizer"])
             return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-        set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
-
-    def optimizer_state_dict(self, opt: torch.optim.Optimizer) -> dict[str, Any]:
-        if not self.sharded:
-            return opt.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(
-            self.eager, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-
-    def load_optimizer_state_dict(self, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        if not self.sharded:
-            opt.load_state_dict(state)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(self.eager, opt, state, options=StateDictOptions(full_state_dict=True))
+        set_model_state_dict(self.model, state["student"])
+        set_optimizer_state_dict(self._stepped, opt, state["optimizer"])
 
     def unwrap(self) -> nn.Module:
-        """The plain model with the trained weights (FSDP: gathered into a fresh copy on every rank)."""
+        """The plain model with the trained weights (sharded: a gathered :meth:`copy`)."""
+        return self.copy() if self.sharded else self.model
+
+    def copy(self) -> nn.Module:
+        """A plain copy of the model as trained so far.
+
+        Sharded: gathered on every rank (the chain grows the next student,
+        keeps ``models_`` and shards the next teacher on every rank, each from
+        its own full copy), one tensor at a time into an empty copy, so the
+        peak is the plain model, this rank's shards and one gathered tensor
+        (FSDP modules cannot be deep-copied).
+        """
         if not self.sharded:
-            return self.model
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            return copy.deepcopy(self.model)
+        from torch.distributed.tensor import DTensor
 
         device = next(self.model.parameters()).device
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
-        plain = self._skeleton.to_empty(device=device)
-        plain.load_state_dict(full)
-        with torch.no_grad():  # buffers a state dict leaves out (e.g. rotary frequencies) are not sharded
-            for name, buffer in self.model.named_buffers():
-                plain.get_buffer(name).copy_(buffer)
+        plain = _empty_like(self._skeleton, device)
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                plain.get_parameter(name).copy_(param.full_tensor() if isinstance(param, DTensor) else param)
+        _copy_buffers(self.model, plain)
         return plain

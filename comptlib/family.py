@@ -68,8 +68,11 @@ class Family:
     to read it. ``transferer`` is called with no arguments for each link's
     default distillation loss. ``spec`` gives the :class:`~comptlib.portable.Spec`
     that rebuilds a model (saved in its safetensors header, for :func:`comptlib.load`);
-    ``None`` where ``save_pretrained`` saves everything. :func:`register_family` shows a whole family
-    built and registered.
+    ``None`` where ``save_pretrained`` saves everything. ``sample_means`` says that every metric of
+    ``evaluate`` is a mean over the samples it read (accuracy, mean loss): several processes then
+    split the held-out set and weigh each rank's metrics by its samples. Leave it False for whole-set
+    metrics (CLIP's retrieval) or means over tokens: every rank then evaluates the whole set.
+    :func:`register_family` shows a whole family built and registered.
 
     Examples
     --------
@@ -94,6 +97,7 @@ class Family:
     metric: str = "accuracy"
     higher_is_better: bool = True
     spec: Callable[[nn.Module], Spec] | None = None
+    sample_means: bool = False
 
 
 ENTRY_POINT_GROUP = "comptlib.families"

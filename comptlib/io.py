@@ -124,16 +124,23 @@ def save_model(model: nn.Module, path: str | Path, *, files: Mapping[str, str] |
         metadata = None if spec is None else {METADATA_KEY: json.dumps(spec, allow_nan=False)}
         return atomic_write(path, lambda tmp: _save(model, str(tmp), metadata=metadata))
     path.parent.mkdir(parents=True, exist_ok=True)
-    recover_folder(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
     try:
         model.save_pretrained(tmp)
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
-        _fsync_tree(tmp)
+        return replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_folder(tmp: str | Path, path: str | Path) -> Path:
+    """Durably put the written folder ``tmp`` in ``path``'s place: the old one, if any, is renamed away
+    first (a folder cannot be renamed over another); :func:`recover_folder` finishes a swap a crash cut."""
+    tmp, path = Path(tmp), Path(path)
+    _fsync_tree(tmp)
+    recover_folder(path)  # an old folder a crash left beside it would block the swap
     old = _old(path)
     if path.exists():
         os.replace(path, old)

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from comptlib.callbacks import LOG_EVERY, Callback
-from comptlib.checkpoint import DataStream, position
+from comptlib.checkpoint import DataStream, position, read_shards
 from comptlib.data import batch_size_of, to_device
-from comptlib.distributed import Trainee, World
+from comptlib.distributed import Step, Trainee, World, shard_eval, shard_teacher, shards
 from comptlib.errors import DivergenceError
-from comptlib.family import Family
+from comptlib.family import Family, Outputs
 from comptlib.grower import Grower
 from comptlib.inherit import attach_lora, inherited_masks, merge_lora
 from comptlib.ledger import StageCost
@@ -141,13 +141,14 @@ class Stage:
         if self.val_loader is None:
             return
         paused = time.perf_counter()
-        if model is None:  # mid-stage: the training student, gathered if sharded
+        loader, count = shard_eval(self.val_loader, self.world) if self.family.sample_means else (self.val_loader, None)
+        if model is None:  # mid-stage: the training student (sharded: each block gathered for its forward)
             with self.trainee.gathered() as model:
-                metrics = self.family.evaluate(model, self.val_loader, self.device)
+                metrics = self.family.evaluate(model, loader, self.device)
             self.student.train()
         else:
-            metrics = self.family.evaluate(model, self.val_loader, self.device)
-        metrics = self.world.mean_metrics(metrics)
+            metrics = self.family.evaluate(model, loader, self.device)
+        metrics = self.world.mean_metrics(metrics, count)  # count: this rank's share of the samples
         self.record["val"].append({"step": self.step, **metrics})
         self._clock += time.perf_counter() - paused
         self._fire("on_evaluate", metrics)
@@ -196,8 +197,11 @@ class Stage:
             self.world.broadcast(self.transfer)  # one projector init on every rank
         rt = self.runtime
         self.amp = Precision(rt.precision, rt.teacher_dtype, self.device)
-        self.teacher_run = self.amp.teacher(self.teacher) if self.teacher is not None else None
-        self.trainee = Trainee(self.student, self.family.forward, self.world, self.device, rt.strategy, rt.compile)
+        if self.teacher is not None:
+            self.teacher_run = self._teacher_step(self.amp.teacher(self.teacher))
+        self.trainee = Trainee(
+            self.student, self.family.forward, self.world, self.device, rt.strategy, rt.compile, self.transfer
+        )
         self.transfer_params = list(self.transfer.parameters()) if self.transfer is not None else []
         self.params = self.trainee.parameters() + self.transfer_params
         lr, warmup = self.optim.peak(grown=self.index > 0)
@@ -207,6 +211,20 @@ class Stage:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, schedule)
         if self.resume_from is not None:
             self.load_state_dict(self.resume_from)
+
+    def _teacher_step(self, teacher: nn.Module) -> nn.Module:
+        """The teacher's forward as a module: with a sharded student, a sharded copy of the teacher (its full
+        weights wait on the CPU meanwhile); otherwise the family forward of the teacher itself."""
+        if not self.sharded:
+            return Step(self.family.forward, teacher)
+        sharded = shard_teacher(teacher, self.family.forward, self.device)
+        self.teacher.to("cpu")
+        return sharded
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the student (and then the teacher) is sharded over the ranks (FSDP)."""
+        return shards(self.world, self.runtime.strategy)
 
     def _growth_error(self, teacher_logits: torch.Tensor) -> dict[str, Any]:
         """How far growth moved the function: the logits' max difference on the first batch (student in eval mode).
@@ -227,7 +245,7 @@ class Stage:
 
     def _train(self) -> None:
         """The step loop: batch, teacher forward, student forward, loss, backward, step."""
-        family, amp, opt = self.family, self.amp, self.opt
+        amp, opt = self.amp, self.opt
         self.student.train()
         self._start, self._clock = time.perf_counter() - self.elapsed, 0.0
         for step in range(self.step, self.total if self.trained else 1):
@@ -235,7 +253,7 @@ class Stage:
             t_out = None
             if self.teacher_run is not None:
                 with self._watch("teacher"), torch.inference_mode(), amp.teacher_autocast():
-                    t_out = family.forward(self.teacher_run, batch)
+                    t_out = Outputs(**self.teacher_run(batch))
                 t_out = usable(t_out)
             with self._watch("student"):
                 with amp.autocast():
@@ -335,9 +353,8 @@ class Stage:
         }
         return {
             "signature": self.signature,
-            "student": self.trainee.state_dict(),
+            **self.trainee.state(self.opt),  # "student", "optimizer": sharded, this rank's shards
             "transfer": self.transfer.state_dict() if self.transfer is not None else {},
-            "optimizer": self.trainee.optimizer_state_dict(self.opt),
             "scheduler": self.sched.state_dict(),
             "val": self.record["val"],
             "progress": progress,
@@ -346,10 +363,11 @@ class Stage:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.trainee.load_state_dict(state["student"])
+        if "shards" in state:  # sharded: each rank reads its shards into the student's and optimiser's layout
+            state = state | read_shards(state, self.trainee.state(self.opt))
+        self.trainee.load(self.opt, state)
         if self.transfer is not None:
             self.transfer.load_state_dict(state["transfer"])
-        self.trainee.load_optimizer_state_dict(self.opt, state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.amp.load_state_dict(state.get("scaler", {}))
         self.stream.restore(state["stream"])

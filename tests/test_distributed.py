@@ -7,37 +7,46 @@ ends the process group itself; each rank writes what it saw to a JSON file.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
+import pickle
+import shutil
 import socket
 import sys
 import time
 import traceback
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from comptlib import Chain
-from comptlib.checkpoint import weights_hash
+from comptlib.callbacks import Callback
+from comptlib.checkpoint import CheckpointError, load_partial, read_shards, save_sharded, weights_hash
 from comptlib.data import digits_loaders, load_digits
-from comptlib.distributed import World, shard_loader
+from comptlib.distributed import Trainee, World, shard_eval, shard_loader, shard_teacher
 from comptlib.families.vit import build_vit
+from comptlib.family import Outputs, family_of, register_family
 
 PER_RANK_BATCH = 16
 BUDGETS = [24, 16]  # stage 0 crosses no epoch; the 44-step epoch is crossed by neither: see the 1-rank run
 
 
-def family() -> list:
+def family(depth: int = 1) -> list:
     torch.manual_seed(0)
-    return [build_vit(16, 1), build_vit(32, 1)]
+    return [build_vit(16, depth), build_vit(32, depth)]
 
 
-def chain(**kw) -> Chain:
+def chain(depth: int = 1, **kw) -> Chain:
     settings = {"budgets": BUDGETS, "unit": "steps", "progress": False, "lr": 3e-3, "eval_every": 8}
-    return Chain(family(), **(settings | kw))
+    return Chain(family(depth), **(settings | kw))
 
 
 class Interrupt(Exception):
@@ -55,6 +64,93 @@ def _summary(fitted: Chain) -> dict:
     }
 
 
+class Probe(Callback):
+    """Records which stages resumed from a checkpoint, and whether each grown one ran its teacher sharded
+    (FSDP2: its parameters are DTensors)."""
+
+    def __init__(self) -> None:
+        self.resumed: list[bool] = []
+        self.sharded: list[bool] = []
+
+    def on_stage_end(self, stage) -> None:
+        self.resumed.append(stage.resume_from is not None)
+        if stage.teacher_run is not None:
+            self.sharded.append(all(isinstance(p, DTensor) for p in stage.teacher_run.parameters()))
+
+
+def _sharded_eval_family() -> None:
+    """The ViT family, its metrics declared means over samples: evaluation is split between the ranks."""
+    register_family(attrs.evolve(family_of(build_vit(16, 1)), sample_means=True), replace=True)
+
+
+def _fsdp(scenario: str, run: Path, train, val, out: str, rank: int) -> dict:
+    """The FSDP scenarios: a chain checkpointed every 5 steps, fitted, interrupted or resumed.
+
+    Two blocks a model, so each is an FSDP group of its own beside the root's.
+    """
+    _sharded_eval_family()
+    probe = Probe()
+    resume = scenario == "fsdp-resume"
+    settings = {"checkpoint_dir": str(run), "checkpoint_every": 5, "resume": resume, "callbacks": [probe]}
+    fsdp = chain(2, strategy="fsdp", **settings)
+    if scenario == "fsdp-interrupt":
+        _raise_after(fsdp.models[1], 13)
+    fitted = fsdp.fit(train, val)
+    torch.save([m.state_dict() for m in fitted.models_], Path(out, f"weights{rank}.pt"))
+    return _summary(fitted) | {"teacher_sharded": probe.sharded, "resumed": probe.resumed}
+
+
+def _teacher(world: World) -> dict:
+    """A sharded teacher's outputs against the same teacher unsharded, for a ViT and a tied-embedding Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    config.update({"num_attention_heads": 2, "num_key_value_heads": 2, "tie_word_embeddings": True})
+    cases = [
+        (build_vit(32, 2), (torch.randn(8, 3, 8, 8), torch.arange(8))),
+        (LlamaForCausalLM(config), {"input_ids": torch.randint(0, 64, (4, 12))}),
+    ]
+    diffs = []
+    for model, batch in cases:
+        model.eval().requires_grad_(False)
+        forward = family_of(model).forward
+        sharded = shard_teacher(model, forward, torch.device("cpu"))
+        local = sum(p.to_local().numel() for p in sharded.parameters())
+        with torch.inference_mode():
+            got, want = Outputs(**sharded(batch)), forward(model, batch)
+        diffs.append(
+            {
+                "logits": (got.logits - want.logits).abs().max().item(),
+                "features": (got.features - want.features).abs().max().item(),
+                # float32's tolerance: the gathered weights are the same bits, but sit in FSDP's all-gather
+                # buffers, where a kernel may order a sum differently (on CPU with gloo they are bit-identical)
+                "close": torch.allclose(got.logits, want.logits, rtol=1e-5, atol=1e-6),
+                "share": local / sum(p.numel() for p in model.parameters()),
+            }
+        )
+    return {"teacher": diffs}
+
+
+def _evaluation(world: World) -> dict:
+    """Each rank evaluates its half of the held-out set, with the plain model and with it sharded (FSDP)."""
+    _sharded_eval_family()
+    model, val = eval_case()
+    family = family_of(model)
+    loader, count = shard_eval(val, world)
+    plain = world.mean_metrics(family.evaluate(model, loader, torch.device("cpu")), count)
+    trainee = Trainee(copy.deepcopy(model), family.forward, world, torch.device("cpu"), "fsdp")
+    with trainee.gathered() as sharded_model:
+        sharded = world.mean_metrics(family.evaluate(sharded_model, loader, torch.device("cpu")), count)
+    return {"count": count, "batches": len(loader), "plain": plain, "sharded": sharded}
+
+
+def eval_case() -> tuple[torch.nn.Module, DataLoader]:
+    torch.manual_seed(0)
+    _, val = load_digits()
+    return build_vit(32, 2).eval(), DataLoader(val, batch_size=64)
+
+
 def _worker(rank: int, size: int, port: int, scenario: str, out: str) -> None:
     os.environ.update(
         {
@@ -68,13 +164,21 @@ def _worker(rank: int, size: int, port: int, scenario: str, out: str) -> None:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     result: dict = {}
+    if scenario in ("teacher", "evaluation"):  # no Chain.fit to start the process group
+        dist.init_process_group("gloo")
     try:
         train, val = digits_loaders(batch_size=PER_RANK_BATCH)
         run = Path(out) / "run"
         if scenario == "fit":
             result = _summary(chain(checkpoint_dir=str(run), checkpoint_every=5).fit(train, val))
-        elif scenario == "fsdp":
-            result = _summary(chain(strategy="fsdp").fit(train, val))
+        elif scenario.startswith("fsdp-"):
+            result = _fsdp(scenario, run, train, val, out, rank)
+        elif scenario == "pre-decay":  # grown from a snapshot of sharded weights, taken mid-stage
+            result = _summary(chain(2, strategy="fsdp", grow_from="pre_decay", schedule="wsd").fit(train, val))
+        elif scenario == "teacher":
+            result = _teacher(World(rank, size))
+        elif scenario == "evaluation":
+            result = _evaluation(World(rank, size))
         elif scenario == "interrupt":  # both ranks stop at the same step, as a killed job would
             broken = chain(checkpoint_dir=str(run), checkpoint_every=5)
             _raise_after(broken.models[1], 13)
@@ -88,6 +192,8 @@ def _worker(rank: int, size: int, port: int, scenario: str, out: str) -> None:
             broken.fit(train, val)
     except BaseException as err:  # noqa: BLE001 - reported to the test
         result = {"error": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
+    if dist.is_initialized():
+        dist.destroy_process_group()
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
 
 
@@ -191,12 +297,174 @@ def test_an_error_on_one_rank_stops_every_rank(tmp_path) -> None:
     assert "another rank failed" in results[0]["message"]
 
 
-def test_fsdp_trains_a_chain_to_the_same_plain_models(tmp_path) -> None:
-    zero, one = launch("fsdp", tmp_path)
-    assert "error" not in zero, zero.get("traceback")
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory) -> tuple[list[dict], Path]:
+    out = tmp_path_factory.mktemp("fsdp")
+    results = launch("fsdp-fit", out)
+    for r in results:
+        assert "error" not in r, r.get("traceback")
+    return results, out
+
+
+def test_fsdp_trains_a_chain_to_the_same_plain_models(fsdp_run) -> None:
+    (zero, one), _ = fsdp_run
     assert zero["plain"] == ["VisionTransformer", "VisionTransformer"]
     assert zero["hashes"] == one["hashes"]
+    assert zero["val"] == one["val"]
     assert all(len(curve) == steps for curve, steps in zip(zero["loss"], BUDGETS))
+    assert zero["teacher_sharded"] == [True]  # the grown stage ran its teacher sharded
+
+
+def test_fsdp_grows_from_a_pre_decay_snapshot(tmp_path) -> None:
+    zero, one = launch("pre-decay", tmp_path)
+    assert "error" not in zero, zero.get("traceback")
+    assert zero["hashes"] == one["hashes"]
+
+
+def _weights(folder: Path) -> list[list[dict]]:
+    return [torch.load(folder / f"weights{r}.pt", weights_only=True) for r in range(2)]
+
+
+def _assert_same_weights(got: list[dict], want: list[dict]) -> None:
+    for a, b in zip(got, want, strict=True):
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def fsdp_interrupted(tmp_path_factory) -> Path:
+    """A sharded run stopped mid-stage: its folder, kept for the tests to copy (and damage)."""
+    out = tmp_path_factory.mktemp("fsdp-interrupted")
+    assert all(r["error"] == "Interrupt" for r in launch("fsdp-interrupt", out))
+    return out
+
+
+def _copy_of(out: Path, tmp_path: Path) -> Path:
+    shutil.copytree(out / "run", tmp_path / "run")
+    return tmp_path
+
+
+def test_a_sharded_checkpoint_is_one_dcp_shard_file_per_rank(fsdp_interrupted) -> None:
+    stage = fsdp_interrupted / "run" / "vit-1"
+    assert not (stage / "partial.pt").exists()
+    files = sorted(p.name for p in (stage / "partial").iterdir())
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp", "state.pt"]
+    sizes = [(stage / "partial" / f).stat().st_size for f in ("__0_0.distcp", "__1_0.distcp")]
+    assert abs(sizes[0] - sizes[1]) < 0.2 * max(sizes)  # each rank's half of the weights and AdamW state
+    rest = torch.load(stage / "partial" / "state.pt", weights_only=True)
+    assert "student" not in rest and "state" not in rest["optimizer"]  # no full state dict beside the shards
+    assert rest["world_size"] == 2 and set(rest["files"]) == set(files) - {"state.pt"}
+    assert not any(p.name.endswith(".tmp") for p in stage.iterdir())
+
+
+def test_a_sharded_checkpoint_resumes_bit_exactly(fsdp_run, fsdp_interrupted, tmp_path) -> None:
+    (reference, _), ref_out = fsdp_run
+    out = _copy_of(fsdp_interrupted, tmp_path)
+    resumed = launch("fsdp-resume", out)
+    for r in resumed:
+        assert "error" not in r, r.get("traceback")
+        assert r["resumed"] == [True]  # vit-0 was finished (loaded, not run); vit-1 went on from its checkpoint
+        assert r["hashes"] == reference["hashes"] and r["loss"] == reference["loss"]
+    for got, want in zip(_weights(out), _weights(ref_out)):
+        _assert_same_weights(got, want)
+    assert not (out / "run" / "vit-1" / "partial").exists()  # the finished stage dropped it
+
+
+def test_a_corrupt_sharded_checkpoint_is_refused(fsdp_interrupted, tmp_path) -> None:
+    out = _copy_of(fsdp_interrupted, tmp_path)
+    shard = out / "run" / "vit-1" / "partial" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size: DCP alone would load it
+    shard.write_bytes(bytes(data))
+    for r in launch("fsdp-resume", out):
+        assert r["error"] == "CheckpointError", r.get("traceback")
+        assert "is corrupt: __1_0.distcp" in r["message"]
+
+
+@pytest.mark.parametrize(
+    ("left", "resumes"),
+    [
+        (".partial.tmp", False),  # killed before its rename: never taken for a checkpoint, vit-1 retrains
+        (".partial.old", True),  # killed between the swap's two renames: the previous checkpoint comes back
+    ],
+)
+def test_a_sharded_save_cut_short_resumes_bit_exactly(fsdp_run, fsdp_interrupted, tmp_path, left, resumes) -> None:
+    (reference, _), _ = fsdp_run
+    out = _copy_of(fsdp_interrupted, tmp_path)
+    stage = out / "run" / "vit-1"
+    (stage / "partial").rename(stage / left)
+    for r in launch("fsdp-resume", out):
+        assert "error" not in r, r.get("traceback")
+        assert r["resumed"] == [resumes]
+        assert r["hashes"] == reference["hashes"]
+    assert not (stage / left).exists()  # cleaned up, or put back
+
+
+def test_a_sharded_checkpoint_from_another_world_size_is_refused(fsdp_interrupted) -> None:
+    stage = fsdp_interrupted / "run" / "vit-1"
+    sig = torch.load(stage / "partial" / "state.pt", weights_only=True)["signature"]
+    with pytest.raises(CheckpointError, match="saved by 2 processes and this run has 1"):
+        load_partial(stage, sig, World(), sharded=True)
+
+
+def test_a_sharded_save_clears_what_a_crash_left_and_reads_back(tmp_path) -> None:
+    groups = [{"lr": 0.1, "params": ["w"]}]
+    state = {"signature": "s", "student": {"w": torch.arange(4.0)}, "progress": {"step": 3}}
+    state["optimizer"] = {"state": {"w": {"exp_avg": torch.ones(4)}}, "param_groups": groups}
+    (tmp_path / "partial").mkdir()
+    (tmp_path / ".partial.old").mkdir()  # a swap cut between its last rename and the removal of the old folder
+    (tmp_path / ".partial.tmp").mkdir()  # a save cut before its rename
+    save_sharded(tmp_path, state, World())  # one process: DCP without a process group
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["partial"]
+    rest = load_partial(tmp_path, "s", World(), sharded=True)
+    assert rest["progress"] == {"step": 3} and "student" not in rest
+    target = {"student": {"w": torch.zeros(4)}, "optimizer": {"state": {"w": {"exp_avg": torch.zeros(4)}}}}
+    target["optimizer"]["param_groups"] = []  # what a fresh optimiser's state dict has: the saved ones replace it
+    got = read_shards(rest, target)
+    assert torch.equal(got["student"]["w"], torch.arange(4.0))
+    assert torch.equal(got["optimizer"]["state"]["w"]["exp_avg"], torch.ones(4))
+    assert got["optimizer"]["param_groups"] == groups
+
+
+def test_a_sharded_checkpoints_metadata_runs_no_code(tmp_path) -> None:
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    (folder / ".metadata").write_bytes(pickle.dumps(Exploit(tmp_path / "ran")))
+    digest = hashlib.sha256((folder / ".metadata").read_bytes()).hexdigest()
+    torch.save({"signature": "s", "world_size": 1, "files": {".metadata": digest}}, folder / "state.pt")
+    with pytest.raises(CheckpointError, match="posix.system has no place|os.system has no place"):
+        load_partial(tmp_path, "s", World(), sharded=True)
+    assert not (tmp_path / "ran").exists()
+
+
+class Exploit:
+    """A pickle that runs a shell command when it is loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_a_sharded_teacher_gives_the_unsharded_teachers_outputs(tmp_path) -> None:
+    for r in launch("teacher", tmp_path):
+        assert "error" not in r, r.get("traceback")
+        for case in r["teacher"]:
+            assert case["close"], case
+            assert case["share"] < 0.75  # this rank holds about half of the weights
+
+
+def test_sharded_evaluation_equals_one_process_evaluation(tmp_path) -> None:
+    model, val = eval_case()
+    want = family_of(model).evaluate(model, val, torch.device("cpu"))
+    results = launch("evaluation", tmp_path)
+    assert [r.get("count") for r in results] == [180, 179]  # every other of the 359 held-out digits, each once
+    for r in results:
+        assert r["batches"] == 3  # in 64s: as many forwards on every rank (FSDP gathers a block on all at once)
+        for got in (r["plain"], r["sharded"]):
+            assert got["accuracy"] == pytest.approx(want["accuracy"], rel=1e-12)  # counts: exact
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)  # float32 sums over other batches
 
 
 def test_one_process_leaves_the_loader_alone() -> None:
@@ -207,6 +475,9 @@ def test_one_process_leaves_the_loader_alone() -> None:
     assert sharded.batch_size == 8 and len(sharded) == len(train) // 2
     with pytest.raises(TypeError, match="train_loader: under torchrun"):
         shard_loader(iter(train), World(rank=0, size=2), seed=0)
+    _, val = digits_loaders(batch_size=8)
+    assert shard_eval(val, World()) == (val, None)  # one process: the whole loader, metrics left as they are
+    assert World().mean_metrics({"loss": 0.1}, count=3) == {"loss": 0.1}
 
 
 @pytest.mark.parametrize(
