@@ -1,5 +1,7 @@
 """Growing into a target built on the meta device: allocated once, initialised by the family's rule, same function."""
 
+import contextlib
+
 import pytest
 import torch
 from test_portable import CASES, _output
@@ -120,3 +122,26 @@ def test_a_meta_source_cannot_grow_into_a_real_target() -> None:
         source = build_vit(32, 1)
     with pytest.raises(ValueError, match="meta device has no values"):
         comptlib.grow(source, build_vit(64, 2))
+
+
+def test_a_chain_materialises_its_meta_models(digits) -> None:
+    """Later models built on the meta device train like built ones: same shapes, the same teacher, and the
+    inherited function right after growth (only the free entries' draws differ)."""
+    from comptlib import Chain
+    from comptlib.checkpoint import weights_hash
+
+    def fit(meta: bool) -> Chain:
+        torch.manual_seed(0)
+        small = build_vit(16, 1)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            large = build_vit(32, 2)
+        chain = Chain([small, large], budgets=[3, 2], unit="steps", progress=False).fit(digits[0])
+        assert all(t.is_meta for t in large.parameters()) == meta  # the chain grew a copy
+        return chain
+
+    built, meta = fit(False), fit(True)
+    assert weights_hash(meta.models_[0]) == weights_hash(built.models_[0])
+    for a, b in zip(built.models_[1].state_dict().values(), meta.models_[1].state_dict().values()):
+        assert a.shape == b.shape and not b.is_meta
+    for chain in (built, meta):
+        assert chain.history_[1]["growth"]["max_rel"] < 1e-5
