@@ -266,7 +266,15 @@ def identity_block(
     ``zero_last`` writes every tensor with noise first and zeroes the writers
     (views allowed) afterwards, which draws noise for the writers too: the
     decoder LMs' order, kept so their grown weights stay what they were.
+    Without noise the order changes nothing, and the writers are zeroed
+    first, so a target without an init yet is not drawn there.
     """
+    if zero_last and not writer.noise:
+        for tensor in writers:
+            Canvas(tensor, whole=True).put(slice(None), 0.0)
+        for param in params:
+            writer(param, Canvas(param))
+        return
     zeroed = {id(p) for p in writers}
     for param in params:
         canvas = Canvas(param)
