@@ -391,8 +391,9 @@ def grow(source: nn.Module, target: nn.Module, method: Method = "exact", **kwarg
     >>> torch.allclose(small.eval()(x), large.eval()(x), atol=1e-5)
     True
 
-    A target built on the ``meta`` device is allocated and initialised once,
-    tensor by tensor, and grown in place (:meth:`Grower.materialize`):
+    A target built on the ``meta`` device is allocated once and grown in
+    place, each tensor drawn from its init rule only where growth leaves
+    entries free (:meth:`Grower.growing`):
 
     >>> with torch.device("meta"):
     ...     large = VisionTransformer(8, 2, num_layers=3, num_heads=3, hidden_dim=24, mlp_dim=40, num_classes=3)
