@@ -145,3 +145,15 @@ def test_a_chain_materialises_its_meta_models(digits) -> None:
         assert a.shape == b.shape and not b.is_meta
     for chain in (built, meta):
         assert chain.history_[1]["growth"]["max_rel"] < 1e-5
+
+
+def test_a_meta_target_grown_with_noise_is_drawn_whole_first_and_stays_exact() -> None:
+    """Noise is scaled by each tensor's init, so with noise the target is initialised before any write."""
+    torch.manual_seed(0)
+    source, x = perturb(build_vit(32, 1)), torch.randn(2, 3, 8, 8)
+    with torch.device("meta"):
+        empty = build_vit(64, 2)
+    grown = comptlib.grow(source, empty, noise=0.1)
+    assert torch.allclose(source.eval()(x), grown.eval()(x), atol=1e-5)
+    fc1 = grown.encoder.layers[0].mlp[0].weight  # a copied block's reader: its free part has the init plus noise
+    assert fc1[64:].std() > 0
