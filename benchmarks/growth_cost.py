@@ -12,8 +12,9 @@ weights; fewer, wider heads, so ``approximate=True``) and ``resnet50 ->
 wide_resnet50_2``. Per link:
 
 - ``build``: the target built alone, with its constructor's random init;
-- ``grow``: the target built on the meta device and grown (allocated and
-  initialised tensor by tensor, written in place);
+- ``grow``: the target built on the meta device and grown (allocated once,
+  each tensor drawn from its init rule only where growth leaves entries free,
+  written in place);
 - ``grow built``: growth into a target built the ordinary way (its build not counted).
 
 Peak memory is the process's peak RSS above what it held before the timed

@@ -453,7 +453,10 @@ class Chain(BaseEstimator):
             hook.on_fit_start(self)
         try:
             for i, template in enumerate(self.models):
-                student = (copy.deepcopy(template) if self.copy else template).to(device)
+                student = copy.deepcopy(template) if self.copy else template
+                # one built on the meta device gets storage and its family's init (the grower's, when it grows)
+                (growers[i - 1] if i and growers[i - 1] is not None else family.grower("exact")).materialize(student)
+                student = student.to(device)
                 link = {"grower": describe(growers[i - 1]), "transfer": describe(transferers[i - 1])} if i else {}
                 settings = {"name": names[i], "dims": dict(family.dims(student)), "steps": steps[i], "data": data}
                 settings |= link | self._stage_settings(i)

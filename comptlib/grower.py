@@ -9,14 +9,17 @@ block duplication), with packed Q/K/V split first.
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import attrs
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from comptlib.errors import ComptError
-from comptlib.ops import Canvas, Writer, corner
+from comptlib.ops import Canvas, Writer, corner, lazy_init
 
 Method = Literal["exact", "compt"]
 METHODS: tuple[str, ...] = ("exact", "compt")
@@ -89,6 +92,65 @@ def _primary_output(out: Any) -> torch.Tensor:
     raise TypeError(f"cannot compare model outputs of type {type(out).__name__}")
 
 
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(t.is_meta for t in _tensors(model))
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    """What identifies a tensor and its views: the address of its storage."""
+    return tensor.untyped_storage().data_ptr()
+
+
+def _allocate(target: nn.Module) -> bool:
+    """Give every meta tensor of ``target`` uninitialised CPU storage (tied tensors stay tied); whether any was meta."""
+    meta = [t.is_meta for t in _tensors(target)]
+    if not any(meta):
+        return False
+    if not all(meta):
+        raise ValueError("the target has tensors on the meta device and others not: build it wholly on meta")
+    fresh: dict[int, torch.Tensor] = {}
+    for module in target.modules():
+        for store, wrap in ((module._parameters, True), (module._buffers, False)):
+            for name, old in store.items():
+                if old is not None:
+                    if id(old) not in fresh:
+                        new = torch.empty_like(old, device="cpu")
+                        fresh[id(old)] = nn.Parameter(new, requires_grad=old.requires_grad) if wrap else new
+                    store[name] = fresh[id(old)]
+    return True
+
+
+class _Only(TorchDispatchMode):
+    """Lets init rules write only the ``only`` tensors (by storage) of a model whose tensors are ``model``.
+
+    A rule's in-place write into any other tensor of the model (already grown,
+    or drawn later) is skipped, and ``writers`` records which modules' rules
+    (``module``, set by the caller) wrote it; everything else runs as usual.
+    """
+
+    def __init__(self, model: set[int], only: set[int]) -> None:
+        super().__init__()
+        self.skip = model - only
+        self.module = ""
+        self.writers: dict[int, list[str]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        for spec, arg in zip(func._schema.arguments, args):
+            written = spec.alias_info is not None and spec.alias_info.is_write
+            if written and isinstance(arg, torch.Tensor) and arg.numel():
+                key = _storage(arg)
+                if key in self.skip:
+                    names = self.writers.setdefault(key, [])
+                    if self.module not in names:
+                        names.append(self.module)
+                    return arg
+        return func(*args, **(kwargs or {}))
+
+
 class Grower(abc.ABC):
     """Abstract base for parameter-space transfer within one model family.
 
@@ -130,6 +192,10 @@ class Grower(abc.ABC):
     :func:`~comptlib.register_family` shows a grower written from scratch.
     """
 
+    defers_init: bool = False
+    """Whether :meth:`grow` takes a meta target itself, in :meth:`growing` (writing only through canvases);
+    otherwise :func:`grow` materialises it first."""
+
     def __init__(self, method: Method = "exact", *, noise: float = 0.0, seed: int | None = None) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -160,31 +226,69 @@ class Grower(abc.ABC):
 
         Building a large target under ``torch.device("meta")`` costs nothing;
         here each tensor is allocated once and initialised once by
-        :meth:`init_module` (children before parents, as constructors do),
-        and growth then writes into it in place, so no full random init is
-        made only to be overwritten. A target with no meta tensor is
-        returned as it is; one with some tensors on meta and others not is a
-        ValueError.
+        :meth:`init_module` (children before parents, as constructors do).
+        Growth does better (:meth:`growing`): it skips the init of tensors it
+        writes whole. A target with no meta tensor is returned as it is; one
+        with some tensors on meta and others not is a ValueError.
         """
-        tensors = [*target.parameters(), *target.buffers()]
-        meta = [t.is_meta for t in tensors]
-        if not any(meta):
-            return target
-        if not all(meta):
-            raise ValueError("the target has tensors on the meta device and others not: build it wholly on meta")
-        fresh: dict[int, torch.Tensor] = {}  # tied tensors stay tied
-        for module in target.modules():
-            for store, wrap in ((module._parameters, True), (module._buffers, False)):
-                for name, old in store.items():
-                    if old is not None and old.is_meta:
-                        if id(old) not in fresh:
-                            new = torch.empty_like(old, device="cpu")
-                            fresh[id(old)] = nn.Parameter(new, requires_grad=old.requires_grad) if wrap else new
-                        store[name] = fresh[id(old)]
-        with torch.no_grad():
-            for name, module in reversed(list(target.named_modules())):
-                self.init_module(target, name, module)
+        if _allocate(target):
+            self._init(target)
         return target
+
+    @contextlib.contextmanager
+    def growing(self, source: nn.Module, target: nn.Module) -> Iterator[None]:
+        """Where :meth:`grow` writes: a meta target gets storage, and each tensor its init only if growth needs it.
+
+        A tensor the growth writes whole (a residual writer, a zero-filled
+        embedding) is never drawn; one it writes in part is drawn from
+        :meth:`init_module` (that tensor alone) just before its first write;
+        the rest after the growth, and buffers before it (growers read them).
+        With ``noise`` the whole target is initialised first (noise is scaled
+        by each tensor's init). A meta source grows into a meta target at the
+        shape level: nothing is allocated. A target with storage is left as it is.
+        """
+        if _on_meta(source):
+            if not _on_meta(target):
+                raise ValueError("a source on the meta device has no values to grow into a real target")
+            yield
+            return
+        if not _allocate(target):
+            yield
+            return
+        order = list(reversed(list(target.named_modules())))  # children first, as constructors run
+        if self.noise:
+            self._init(target, order)
+            yield
+            return
+        model = {_storage(t) for t in _tensors(target)}
+        pending = {_storage(p): p for p in target.parameters() if p.numel()}
+        first = _Only(model, {_storage(b) for b in target.buffers()})
+        self._init(target, order, first)  # buffers now; and which rules write each parameter
+        modules = dict(order)
+
+        def settle(tensor: torch.Tensor, whole: bool) -> None:
+            key = _storage(tensor)
+            base = pending.pop(key, None)
+            if base is None:  # drawn, or written whole, already
+                return
+            if not (whole and tensor.data_ptr() == base.data_ptr() and tensor.numel() == base.numel()):
+                self._init(target, [(n, modules[n]) for n in first.writers.get(key, [])], _Only(model, {key}))
+
+        with lazy_init(settle):
+            yield
+        if pending:
+            self._init(target, order, _Only(model, set(pending)))
+
+    def _init(
+        self, target: nn.Module, walk: list[tuple[str, nn.Module]] | None = None, mode: _Only | None = None
+    ) -> None:
+        """Run :meth:`init_module` on ``walk`` (default: every module, children first), under ``mode``."""
+        walk = list(reversed(list(target.named_modules()))) if walk is None else walk
+        with torch.no_grad(), mode or contextlib.nullcontext():
+            for name, module in walk:
+                if mode is not None:
+                    mode.module = name
+                self.init_module(target, name, module)
 
     def init_module(self, model: nn.Module, name: str, module: nn.Module) -> None:
         """Initialise ``module``'s own tensors as ``model``'s constructor would.
@@ -287,8 +391,9 @@ def grow(source: nn.Module, target: nn.Module, method: Method = "exact", **kwarg
     >>> torch.allclose(small.eval()(x), large.eval()(x), atol=1e-5)
     True
 
-    A target built on the ``meta`` device is allocated and initialised once,
-    tensor by tensor, and grown in place (:meth:`Grower.materialize`):
+    A target built on the ``meta`` device is allocated once and grown in
+    place, each tensor drawn from its init rule only where growth leaves
+    entries free (:meth:`Grower.growing`):
 
     >>> with torch.device("meta"):
     ...     large = VisionTransformer(8, 2, num_layers=3, num_heads=3, hidden_dim=24, mlp_dim=40, num_classes=3)
@@ -299,7 +404,9 @@ def grow(source: nn.Module, target: nn.Module, method: Method = "exact", **kwarg
 
     grower = family_of(source).grower(method, **kwargs)
     family_of(target)  # a target of an unknown type fails here with the registry's message
-    grower.validate(source, grower.materialize(target))
+    if not grower.defers_init:
+        grower.materialize(target)
+    grower.validate(source, target)
     return grower.grow(source, target)
 
 

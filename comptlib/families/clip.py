@@ -52,6 +52,7 @@ from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import GrowthCheck, GrowthError, Method, require_growth
 from comptlib.image_text import EOS_ID, PAD_ID
 from comptlib.ops import (
+    Canvas,
     Proj,
     ResidualStream,
     Writer,
@@ -255,7 +256,7 @@ class CLIPGrower(TransformerGrower):
             for module in t_model.modules():
                 if isinstance(module, nn.LayerNorm):
                     module.eps = eps
-        target.logit_scale.copy_(source.logit_scale)
+        Canvas(target.logit_scale).put((), source.logit_scale)  # 0-dim: () is all of it
 
 
 def _embeddings(model: CLIPModel, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

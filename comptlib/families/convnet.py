@@ -234,6 +234,8 @@ def _copy_stats(src: nn.BatchNorm2d, tgt: nn.BatchNorm2d) -> None:
 class _ConvGrower(Grower):
     """What the ConvNet growers share: corner copies with BatchNorm statistics, block maps."""
 
+    defers_init = True
+
     def feature_map(self, source: nn.Module, target: nn.Module) -> torch.Tensor | None:
         """After exact growth the source's pooled features are the leading slice of the target's.
 
@@ -312,18 +314,19 @@ class ResNetGrower(_ConvGrower):
 
     @torch.no_grad()
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
-        self.validate(source, self.materialize(target))
-        writer = self.writer()
-        pairs: list[tuple[nn.Module, nn.Module]] = [(source.conv1, target.conv1), (source.bn1, target.bn1)]
-        for sb, tb in self._blocks(_resnet_stages(source), _resnet_stages(target)):
-            if sb is None:
-                bn = _last_bn(tb)
-                identity_block(tb.parameters(), (bn.weight, bn.bias), writer)
-            else:
-                pairs.append((sb, tb))
-        pairs.append((source.fc, target.fc))
-        for src, tgt in pairs:
-            self._copy(src, tgt, writer, isolate=self.exact)
+        self.validate(source, target)
+        with self.growing(source, target):
+            writer = self.writer()
+            pairs: list[tuple[nn.Module, nn.Module]] = [(source.conv1, target.conv1), (source.bn1, target.bn1)]
+            for sb, tb in self._blocks(_resnet_stages(source), _resnet_stages(target)):
+                if sb is None:
+                    bn = _last_bn(tb)
+                    identity_block(tb.parameters(), (bn.weight, bn.bias), writer)
+                else:
+                    pairs.append((sb, tb))
+            pairs.append((source.fc, target.fc))
+            for src, tgt in pairs:
+                self._copy(src, tgt, writer, isolate=self.exact)
         return target
 
 
@@ -371,16 +374,17 @@ class ConvNeXtGrower(_ConvGrower):
 
     @torch.no_grad()
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
-        self.validate(source, self.materialize(target))
-        writer = self.writer()
-        if self.exact:
-            self._grow_mean_fill(source, target, writer)
-        else:
-            pairs = [(source.features[0], target.features[0]), (source.classifier, target.classifier)]
-            pairs += list(zip(source.features[2::2], target.features[2::2]))
-            pairs += self._blocks(_convnext_stages(source), _convnext_stages(target))
-            for src, tgt in pairs:
-                self._copy(src, tgt, writer)
+        self.validate(source, target)
+        with self.growing(source, target):
+            writer = self.writer()
+            if self.exact:
+                self._grow_mean_fill(source, target, writer)
+            else:
+                pairs = [(source.features[0], target.features[0]), (source.classifier, target.classifier)]
+                pairs += list(zip(source.features[2::2], target.features[2::2]))
+                pairs += self._blocks(_convnext_stages(source), _convnext_stages(target))
+                for src, tgt in pairs:
+                    self._copy(src, tgt, writer)
         return target
 
     # -- exact / approximate (mean-fill) -----------------------------------------

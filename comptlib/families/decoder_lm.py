@@ -188,6 +188,22 @@ def _window(attn: nn.Module, config: Any) -> int | None:
     return getattr(attn, "sliding_window", getattr(config, "sliding_window", None))
 
 
+def _inv_freq(rotary: nn.Module) -> torch.Tensor:
+    """A rotary embedding's ``inv_freq``, recomputed on the CPU from its config when built on the meta device.
+
+    Growth places head dims by these frequencies, so a model with no weights yet (a meta source or
+    target) still grows: its frequencies are the config's, not data.
+    """
+    if not rotary.inv_freq.is_meta:
+        return rotary.inv_freq
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope_type = getattr(rotary, "rope_type", "default")
+    init = rotary.compute_default_rope_parameters if rope_type == "default" else ROPE_INIT_FUNCTIONS[rope_type]
+    with torch.device("cpu"):
+        return init(rotary.config)[0]
+
+
 def _eps_key(model: nn.Module) -> str:
     """The config entry of every norm's eps."""
     return "layer_norm_epsilon" if _gpt2(model) else "rms_norm_eps"
@@ -294,7 +310,7 @@ class DecoderLMGrower(TransformerGrower):
         hd, new_hd = source.head_dim, target.head_dim
         dim_map, gain = None, 1.0
         if source.rotary is not None:
-            freqs, new_freqs = source.rotary.inv_freq, target.rotary.inv_freq
+            freqs, new_freqs = _inv_freq(source.rotary), _inv_freq(target.rotary)
             try:
                 dim_map = rope_dim_map(freqs, new_freqs)
             except ValueError as err:

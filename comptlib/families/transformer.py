@@ -110,6 +110,7 @@ class TransformerGrower(Grower):
     split first) and duplicates blocks by :meth:`depth_map`.
     """
 
+    defers_init = True
     zero_writers_last: bool = False
     """Identity blocks: draw noise for the zeroed writers too (the decoder LMs' historical order)."""
     compt_blocks_last: bool = False
@@ -145,25 +146,26 @@ class TransformerGrower(Grower):
 
     @torch.no_grad()
     def grow(self, source: nn.Module, target: nn.Module) -> nn.Module:
-        self.validate(source, self.materialize(target))
-        s, t, writer = self.roles(source), self.roles(target), self.writer()
-        if self.method == "exact":
-            streams = self.streams(s, t)
-            for ss, ts, stream in zip(s.stacks, t.stacks, streams):
-                self._embeddings(ss, ts, stream, writer)
-            for ss, ts, stream in zip(s.stacks, t.stacks, streams):
-                self._body(ss, ts, stream, writer)
-            self.finish_exact(source, target, streams, writer)
-        else:
-            stacks = [
-                (
-                    [b.layer for b in ss.blocks],
-                    [b.layer for b in ts.blocks],
-                    self.depth_map(len(ss.blocks), len(ts.blocks)),
-                )
-                for ss, ts in zip(s.stacks, t.stacks)
-            ]
-            compt_copy(source, target, stacks, writer, packed=t.packed, blocks_last=self.compt_blocks_last)
+        self.validate(source, target)
+        with self.growing(source, target):
+            s, t, writer = self.roles(source), self.roles(target), self.writer()
+            if self.method == "exact":
+                streams = self.streams(s, t)
+                for ss, ts, stream in zip(s.stacks, t.stacks, streams):
+                    self._embeddings(ss, ts, stream, writer)
+                for ss, ts, stream in zip(s.stacks, t.stacks, streams):
+                    self._body(ss, ts, stream, writer)
+                self.finish_exact(source, target, streams, writer)
+            else:
+                stacks = [
+                    (
+                        [b.layer for b in ss.blocks],
+                        [b.layer for b in ts.blocks],
+                        self.depth_map(len(ss.blocks), len(ts.blocks)),
+                    )
+                    for ss, ts in zip(s.stacks, t.stacks)
+                ]
+                compt_copy(source, target, stacks, writer, packed=t.packed, blocks_last=self.compt_blocks_last)
         return target
 
     def _embeddings(self, s: Stack, t: Stack, stream: ResidualStream, writer: Writer) -> None:

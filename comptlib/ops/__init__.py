@@ -9,7 +9,7 @@ rules, norm, reader, writer and embedding growth, identity blocks, head
 placement and the warm start.
 """
 
-from comptlib.ops.canvas import Canvas, Writer
+from comptlib.ops.canvas import Canvas, Writer, lazy_init
 from comptlib.ops.depth import compt_depth_map, exact_depth_map, stack_depth_map
 from comptlib.ops.heads import gqa_placement, head_dims, rope_dim_map, rope_mismatch, shared_placement, slot_dim_maps
 from comptlib.ops.transformer import (
@@ -46,6 +46,7 @@ __all__ = [
     "head_dims",
     "head_plan",
     "identity_block",
+    "lazy_init",
     "mean_rows",
     "norm_scale",
     "rope_dim_map",

@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import attrs
 import torch
+
+Settle = Callable[[torch.Tensor, bool], None]
+"""``settle(tensor, whole)``, called before a canvas's first write: ``whole`` when the writes cover the tensor."""
+_SETTLE: ContextVar[Settle | None] = ContextVar("comptlib_settle", default=None)
+
+
+@contextlib.contextmanager
+def lazy_init(settle: Settle) -> Iterator[None]:
+    """Canvases made inside call ``settle`` before their first write (or when finished unwritten).
+
+    A grower writing into a target that has storage but no init yet uses it to
+    draw each tensor's init only when growth does not write that tensor whole.
+    """
+    token = _SETTLE.set(settle)
+    try:
+        yield
+    finally:
+        _SETTLE.reset(token)
+
+
+def _covers(index: Any, shape: torch.Size) -> bool:
+    """Whether ``tensor[index]`` is all of a tensor of ``shape`` (full slices only)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return len(parts) <= len(shape) and all(
+        isinstance(p, slice) and p.indices(n) == (0, n, 1) for p, n in zip(parts, shape)
+    )
 
 
 class Canvas:
@@ -17,14 +46,25 @@ class Canvas:
     entries were written is worked out only when noise needs it.
     """
 
-    def __init__(self, init: torch.Tensor) -> None:
+    def __init__(self, init: torch.Tensor, *, whole: bool = False) -> None:
+        """``whole``: the puts to come write every entry, so a target's init need not be drawn (:func:`lazy_init`)."""
         self.data = init.detach()
         self._puts: list[Any] = []
+        self._settle = _SETTLE.get()
+        if whole:
+            self._settled(True)
 
     def put(self, index: Any, value: torch.Tensor | float) -> None:
         """Write ``value`` at ``index`` (any tensor index expression)."""
+        self._settled(_covers(index, self.data.shape))
         self.data[index] = value
         self._puts.append(index)
+
+    def _settled(self, whole: bool) -> None:
+        """Tell :func:`lazy_init`'s hook, once, whether the first write covers the tensor."""
+        if self._settle is not None:
+            settle, self._settle = self._settle, None
+            settle(self.data, whole)
 
     @property
     def written(self) -> torch.Tensor:
@@ -40,6 +80,7 @@ class Canvas:
         ``where`` is ``"free"`` (never written: keeps an exact growth exact) or
         ``"written"`` (a warm start's copied values).
         """
+        self._settled(False)
         if noise == 0.0:
             return self.data
         mask = ~self.written if where == "free" else self.written

@@ -106,6 +106,25 @@ class ResidualStream:
             return mean_rows(rows, self.big)
         return torch.cat([rows, rows.new_zeros(self.big - rows.shape[0], *rows.shape[1:])])
 
+    def put_rows(self, canvas: Canvas, values: torch.Tensor, axis: int = 0) -> None:
+        """Put a residual writer's ``values`` (``d`` long on ``axis``) and the fill of the new dims into ``canvas``.
+
+        What :meth:`rows` gives, written straight into the leading corner of
+        the other axes, without building the grown tensor first.
+        """
+        axis %= values.dim()
+
+        def at(span: slice) -> tuple[slice, ...]:
+            return tuple(span if i == axis else slice(0, n) for i, n in enumerate(values.shape))
+
+        if self.tile:
+            for c in range(self.copies):
+                canvas.put(at(slice(c * self.d, (c + 1) * self.d)), values)
+            return
+        canvas.put(at(slice(0, self.d)), values)
+        fill = values.mean(dim=axis, keepdim=True) if self.fill == "mean" else 0.0
+        canvas.put(at(slice(self.d, self.big)), fill)
+
     def read(self, weight: torch.Tensor, writer: Writer) -> tuple[torch.Tensor, torch.Tensor]:
         """A residual reader's ``(out, d)`` weight as target input columns and their values.
 
@@ -181,10 +200,14 @@ def grow_reader(
     """
     src_rows = torch.arange(src.weight.shape[0]) if src_rows is None else src_rows
     rows = src_rows if rows is None else rows
-    row_scale = scale[:, None].to(src.weight) if isinstance(scale, torch.Tensor) else scale
     span = _span(src_rows)
     every = isinstance(span, slice) and span == slice(0, src.weight.shape[0])
-    cols, values = stream.read((src.weight if every else src.weight[src_rows]) * row_scale, writer)
+    picked = src.weight if every else src.weight[src_rows]
+    if isinstance(scale, torch.Tensor):
+        picked = picked * scale[:, None].to(src.weight)
+    elif scale != 1.0:  # x * 1.0 is x: no copy of a large weight to get it
+        picked = picked * scale
+    cols, values = stream.read(picked, writer)
     weight = Canvas(tgt.weight)
     r, c = _span(rows), _span(cols)
     weight.put((r, c) if isinstance(r, slice) and isinstance(c, slice) else (rows[:, None], cols[None, :]), values)
@@ -214,13 +237,13 @@ def grow_writer(src: Proj, tgt: Proj, cols: torch.Tensor, stream: ResidualStream
     follow the stream's fill rule.
     """
     old = src.weight.new_zeros(src.weight.shape[0], tgt.weight.shape[1])
-    old[:, cols] = src.weight
-    weight = Canvas(tgt.weight)
-    weight.put(slice(None), stream.rows(old))
+    old[:, _span(cols)] = src.weight
+    weight = Canvas(tgt.weight, whole=True)
+    stream.put_rows(weight, old)
     writer(tgt.weight, weight)
     if tgt.bias is not None:
-        bias = Canvas(tgt.bias)
-        bias.put(slice(None), stream.rows(src.bias))
+        bias = Canvas(tgt.bias, whole=True)
+        stream.put_rows(bias, src.bias)
         writer(tgt.bias, bias)
 
 
@@ -229,9 +252,9 @@ def grow_embedding(src: torch.Tensor, tgt: torch.Tensor, stream: ResidualStream,
 
     Target entries past the source's on the other axes (more positions) are free.
     """
-    values = stream.rows(src.movedim(axis, 0)).movedim(0, axis)
-    canvas = Canvas(tgt)
-    canvas.put(tuple(slice(0, n) for n in values.shape), values)
+    others = [n for i, n in enumerate(src.shape) if i != axis % src.dim()]
+    canvas = Canvas(tgt, whole=others == [n for i, n in enumerate(tgt.shape) if i != axis % tgt.dim()])
+    stream.put_rows(canvas, src, axis)
     writer(tgt, canvas)
 
 
@@ -243,7 +266,15 @@ def identity_block(
     ``zero_last`` writes every tensor with noise first and zeroes the writers
     (views allowed) afterwards, which draws noise for the writers too: the
     decoder LMs' order, kept so their grown weights stay what they were.
+    Without noise the order changes nothing, and the writers are zeroed
+    first, so a target without an init yet is not drawn there.
     """
+    if zero_last and not writer.noise:
+        for tensor in writers:
+            Canvas(tensor, whole=True).put(slice(None), 0.0)
+        for param in params:
+            writer(param, Canvas(param))
+        return
     zeroed = {id(p) for p in writers}
     for param in params:
         canvas = Canvas(param)
