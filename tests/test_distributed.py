@@ -19,7 +19,6 @@ import time
 import traceback
 from pathlib import Path
 
-import attrs
 import pytest
 import torch
 import torch.distributed as dist
@@ -33,7 +32,7 @@ from comptlib.checkpoint import CheckpointError, load_partial, read_shards, save
 from comptlib.data import digits_loaders, load_digits
 from comptlib.distributed import Trainee, World, shard_eval, shard_loader, shard_teacher
 from comptlib.families.vit import build_vit
-from comptlib.family import Outputs, family_of, register_family
+from comptlib.family import Outputs, family_of
 
 PER_RANK_BATCH = 16
 BUDGETS = [24, 16]  # stage 0 crosses no epoch; the 44-step epoch is crossed by neither: see the 1-rank run
@@ -78,17 +77,11 @@ class Probe(Callback):
             self.sharded.append(all(isinstance(p, DTensor) for p in stage.teacher_run.parameters()))
 
 
-def _sharded_eval_family() -> None:
-    """The ViT family, its metrics declared means over samples: evaluation is split between the ranks."""
-    register_family(attrs.evolve(family_of(build_vit(16, 1)), sample_means=True), replace=True)
-
-
 def _fsdp(scenario: str, run: Path, train, val, out: str, rank: int) -> dict:
     """The FSDP scenarios: a chain checkpointed every 5 steps, fitted, interrupted or resumed.
 
     Two blocks a model, so each is an FSDP group of its own beside the root's.
     """
-    _sharded_eval_family()
     probe = Probe()
     resume = scenario == "fsdp-resume"
     settings = {"checkpoint_dir": str(run), "checkpoint_every": 5, "resume": resume, "callbacks": [probe]}
@@ -134,7 +127,6 @@ def _teacher(world: World) -> dict:
 
 def _evaluation(world: World) -> dict:
     """Each rank evaluates its half of the held-out set, with the plain model and with it sharded (FSDP)."""
-    _sharded_eval_family()
     model, val = eval_case()
     family = family_of(model)
     loader, count = shard_eval(val, world)

@@ -477,6 +477,7 @@ RESNET = register_family(
         transferer=FeatureMSE,
         forward=convnet_forward,
         evaluate=evaluate_classifier,
+        sample_means=True,  # accuracy and mean loss: ranks split the held-out set
         dims=resnet_dims,
         spec=resnet_spec,
     )
@@ -490,6 +491,7 @@ CONVNEXT = register_family(
         transferer=FeatureMSE,
         forward=convnet_forward,
         evaluate=evaluate_classifier,
+        sample_means=True,  # accuracy and mean loss: ranks split the held-out set
         dims=convnext_dims,
         spec=convnext_spec,
     )

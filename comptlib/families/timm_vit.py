@@ -218,6 +218,7 @@ TIMM_VIT = register_family(
         transferer=FeatureMSE,
         forward=timm_vit_forward,
         evaluate=evaluate_classifier,
+        sample_means=True,  # accuracy and mean loss: ranks split the held-out set
         dims=timm_vit_dims,
         spec=timm_vit_spec,
     )

@@ -225,6 +225,7 @@ VIT = register_family(
         transferer=FeatureMSE,
         forward=vit_forward,
         evaluate=evaluate_classifier,
+        sample_means=True,  # accuracy and mean loss: ranks split the held-out set
         dims=vit_dims,
         spec=vit_spec,
     )
