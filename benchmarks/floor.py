@@ -4,7 +4,7 @@ Run from the repository root (each run is kept in ``OUT/floor/`` as it finishes,
 stops resumes where it was; the runs alone are the harness's, shared with its knee search)::
 
     .venv/bin/python -m benchmarks.floor --ladder fashion-resnet-3 --steps 312 --seeds 0,1,2
-    .venv/bin/python -m benchmarks.floor --ladder fashion-vit-3 --steps 156 --seeds 0,1,2 --variants default,none
+    .venv/bin/python -m benchmarks.floor --ladder fashion-vit-3 --steps 156 --seeds 0,1,2 --variants paper,none
 
 Every model of the ladder trains ``--steps`` steps: alone from its seeded init, and in the chain,
 grown from its trained predecessor (the first model is the same run as alone). Each transfer
@@ -32,21 +32,18 @@ from typing import Any
 import attrs
 import torch
 
-from benchmarks.run import LADDERS, SUITES, _alone, _loaders, _run, _seeded_model, _std, _summary, ablations, machine
+from benchmarks.run import LADDERS, SUITES, _alone, _loaders, _run, _seeded_model, _std, _summary, machine
+from comptlib import FeatureMSE
 from comptlib.io import write_json
 from comptlib.recipes import RECIPES
 
-VARIANTS = {
-    "default": "default",
-    "none": "transfer: none",
-    "ki": "transfer: feature MSE to 0 over 40 % (KI)",
-    "width": "transfer: feature MSE x D/512",
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "paper": ("feature MSE x500, constant (the paper's)", {"transferer": FeatureMSE()}),
+    "none": ("no transfer", {"transferer": None}),
+    "ki": ("feature MSE to 0 over 40 % (KI)", {"transferer": FeatureMSE(schedule="linear", decay_fraction=0.4)}),
+    "width": ("feature MSE x D/512", {"transferer": FeatureMSE(width_reference=512)}),
 }
-"""Short names of the transfer variants, as the harness's ablations label them."""
-
-
-def _variant(family: str, short: str) -> dict[str, Any]:
-    return ablations(family, options=True)[VARIANTS[short]]
+"""The transfer variants by short name: a label and the Chain settings."""
 
 
 def run(ladder_name: str, steps: int, seeds: Sequence[int], variants: Sequence[str], out: Path, log: Any) -> dict:
@@ -87,7 +84,7 @@ def run(ladder_name: str, steps: int, seeds: Sequence[int], variants: Sequence[s
                     seed=seed,
                     first_trained=True,
                     baseline_budget=steps,
-                    **_variant(spec.family, short),
+                    **VARIANTS[short][1],
                 )
                 write_json(path, {"models": _summary(chain), "chain_flops": chain.report_["chain_flops"]})
                 log(f"{ladder.name} seed {seed}: {short} ({time.perf_counter() - start:.0f} s)")
@@ -105,7 +102,7 @@ def table(result: dict[str, Any], higher: bool = True) -> str:
     """Markdown: per grown model, alone and each variant, with the floor verdict."""
     variants = list(result["grown"])
     lines = [
-        "| model | alone | " + " | ".join(VARIANTS[v] for v in variants) + " |",
+        "| model | alone | " + " | ".join(VARIANTS[v][0] for v in variants) + " |",
         "|---|---:|" + "---:|" * len(variants),
     ]
     for size, base in list(result["alone"].items())[1:]:
@@ -124,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ladder", choices=[k for k in LADDERS if k.startswith("fashion")], default="fashion-resnet-3")
     parser.add_argument("--steps", type=int, default=312, help="every model's steps, alone and grown [312: 4 epochs]")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--variants", default="default,none,ki", help=f"comma-separated of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="paper,none,ki", help=f"comma-separated of {', '.join(VARIANTS)}")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/full"))
     args = parser.parse_args(argv)
     variants = args.variants.split(",")

@@ -43,7 +43,7 @@ from comptlib.io import atomic_write
 from comptlib.ledger import count_flops
 from comptlib.precision import Precision, usable
 from comptlib.stage import _optimizer
-from comptlib.transferer import freeze
+from comptlib.transferer import FeatureMSE, freeze
 
 PEAK_BF16_TFLOPS = {  # dense bf16 tensor-core peaks (no sparsity), by a substring of the device name
     "H200": 989.0,
@@ -135,7 +135,7 @@ def measure(
     freeze(teacher)
     grower.grow(teacher, student)
     fmap = grower.feature_map(teacher, student)
-    transfer = family.transferer().to(device)
+    transfer = FeatureMSE().to(device)  # the paper's transfer: the teacher's forward is what is measured
     next_batch = spec["batches"](device)
     batch = next_batch()
     with torch.no_grad():

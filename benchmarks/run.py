@@ -208,8 +208,9 @@ def ablations(family: str, options: bool = False) -> dict[str, dict[str, Any]]:
     from the smallest (about 4x the parameters a step instead of 2x).
     """
     out: dict[str, dict[str, Any]] = {"default": {}}
+    paper = {"transfer: feature MSE x500, constant (the paper's)": {"transferer": FeatureMSE()}}
     if options:
-        out |= {
+        out |= paper | {
             "transfer: none": {"transferer": None},
             "transfer: feature MSE to 0 over 40 % (KI)": {
                 "transferer": FeatureMSE(schedule="linear", decay_fraction=0.4)
@@ -221,8 +222,12 @@ def ablations(family: str, options: bool = False) -> dict[str, dict[str, Any]]:
             "schedule: wsd, grow from pre-decay": {"schedule": "wsd", "grow_from": "pre_decay", "fresh_first": True},
         }
     else:
-        out |= {"init: compt (paper's warm start)": {"grower": "compt"}, "init: none (distil only)": {"grower": None}}
+        distil = {} if _default_transferer(family) is not None else {"transferer": FeatureMSE()}
         out |= {
+            "init: compt (paper's warm start)": {"grower": "compt"},
+            "init: none (distil only)": {"grower": None} | distil,
+        }
+        out |= paper | {
             "transfer: none": {"transferer": None},
             "transfer: feature MSE, decaying": {"transferer": FeatureMSE(schedule="linear")},
             "transfer: logit KL, decaying": {"transferer": LogitKL(temperature=1.0, schedule="linear")},

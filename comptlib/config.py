@@ -76,7 +76,12 @@ class RunConfig:
     budgets: tuple[float, ...] = declared(ChainSettings, "budgets", cli="floats", converter=_tuple)
     unit: str = declared(ChainSettings, "unit", default=None)
     method: str = setting("exact", "Growth: exact (function-preserving) or compt (the paper's).", _method, cli=str)
-    transfer: bool = setting(True, "Distil from the predecessor.", flag, cli=bool)
+    transfer: bool = setting(
+        True,
+        "Distil from the predecessor with the family's default transfer (none for image classifiers).",
+        flag,
+        cli=bool,
+    )
     lr: float = declared(Optim, "lr", default=None)
     batch_size: int = setting(None, "Batch size.", integer(1), cli=int)
     seed: int = declared(ChainSettings, "seed")

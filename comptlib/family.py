@@ -66,7 +66,7 @@ class Family:
     ...) that must not shrink along a chain. ``metric`` names the key of
     ``evaluate``'s result that the chain reports, and ``higher_is_better`` how
     to read it. ``transferer`` is called with no arguments for each link's
-    default distillation loss. ``spec`` gives the :class:`~comptlib.portable.Spec`
+    default distillation loss (it may return None: no distillation). ``spec`` gives the :class:`~comptlib.portable.Spec`
     that rebuilds a model (saved in its safetensors header, for :func:`comptlib.load`);
     ``None`` where ``save_pretrained`` saves everything. ``sample_means`` says that every metric of
     ``evaluate`` is a mean over the samples it read (accuracy, mean loss): several processes then
@@ -79,10 +79,10 @@ class Family:
     >>> import comptlib
     >>> from comptlib.families.vit import build_vit
     >>> vit = comptlib.list_families()["vit"]
-    >>> vit.grower.__name__, vit.metric, vit.higher_is_better, vit.transferer().weight
-    ('ViTGrower', 'accuracy', True, 500.0)
-    >>> vit.transferer()  # doctest: +ELLIPSIS
-    FeatureMSE(weight=500.0, schedule='constant', decay_steps=None, decay_fraction=None, normalize=True, ...)
+    >>> vit.grower.__name__, vit.metric, vit.higher_is_better, vit.transferer()
+    ('ViTGrower', 'accuracy', True, None)
+    >>> comptlib.list_families()["decoder_lm"].transferer()  # doctest: +ELLIPSIS
+    LogitKL(weight=1.0, schedule='linear', ...)
     >>> vit.dims(build_vit(64, 3))["num_heads"]
     4
     """

@@ -197,7 +197,7 @@ class Stage:
             self.world.broadcast(self.transfer)  # one projector init on every rank
         rt = self.runtime
         self.amp = Precision(rt.precision, rt.teacher_dtype, self.device)
-        if self.teacher is not None:
+        if self.teacher is not None and self.transfer is not None:  # no transfer: no teacher forward to pay for
             self.teacher_run = self._teacher_step(self.amp.teacher(self.teacher))
         self.trainee = Trainee(
             self.student, self.family.forward, self.world, self.device, rt.strategy, rt.compile, self.transfer

@@ -47,7 +47,9 @@ def test_fashion_baselines_stop_at_their_knee_and_the_chain_takes_its_budgets_fr
     assert ladder["budgets"][0] == ladder["baselines"][0]
     assert (quick / "out" / "fashion-vit-3-knee.png").exists() and list((quick / "out" / "alone").glob("*.json"))
     rows = ladder["seeds"]["0"]["ablations"]
-    assert {"schedule: wsd, grow from pre-decay", "shrink 0.5, perturb 0.01", "transfer: none"} <= set(rows)
+    paper = "transfer: feature MSE x500, constant (the paper's)"
+    assert {"schedule: wsd, grow from pre-decay", "shrink 0.5, perturb 0.01", paper} <= set(rows)
+    assert "transfer: none" not in rows  # the image classifiers' default: the "default" row
     assert "init: none (distil only)" not in rows and "no middle model" in rows
 
 
@@ -55,9 +57,10 @@ def test_ablations_cover_init_transfer_lr_and_the_middle_model(quick) -> None:
     results = json.loads((quick / "out" / "results.json").read_text())
     for name in ("vit-3", "llama-3"):
         rows = results["ladders"][name]["seeds"]["0"]["ablations"]
-        assert {"default", "init: compt (paper's warm start)", "init: none (distil only)", "transfer: none"} <= set(
-            rows
-        )
+        assert {"default", "init: compt (paper's warm start)", "init: none (distil only)"} <= set(rows)
+        # each family's default transfer is the "default" row: none for the ViT, a decaying logit KL for the LM
+        assert ("transfer: none" in rows) == (name == "llama-3")
+        assert "transfer: feature MSE x500, constant (the paper's)" in rows
         assert "grown LR x1, re-warm" not in rows  # the defaults: the "default" row
         assert {"grown LR x0.5, re-warm", "grown LR x0.25, no re-warm"} <= set(rows)
         assert [m["name"] for m in rows["no middle model"]["models"]] == [

@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from comptlib import Chain
+from comptlib import Chain, FeatureMSE
 from comptlib.callbacks import Callback
 from comptlib.checkpoint import CheckpointError, load_partial, read_shards, save_sharded, weights_hash
 from comptlib.data import digits_loaders, load_digits
@@ -45,6 +45,7 @@ def family(depth: int = 1) -> list:
 
 def chain(depth: int = 1, **kw) -> Chain:
     settings = {"budgets": BUDGETS, "unit": "steps", "progress": False, "lr": 3e-3, "eval_every": 8}
+    settings["transferer"] = FeatureMSE()  # a teacher forward each step, to shard and to average
     return Chain(family(depth), **(settings | kw))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from comptlib import Chain
+from comptlib import Chain, FeatureMSE
 from comptlib.cli import app
 from comptlib.data import digits_loaders
 from comptlib.families.vit import build_vit
@@ -27,7 +27,8 @@ def run(tmp_path_factory) -> tuple[Path, Chain]:
     out = tmp_path_factory.mktemp("tracked") / "run"
     train, val = digits_loaders(32, seed=0)
     models = [build_vit(16, 1, image_size=8, patch_size=2), build_vit(32, 1, image_size=8, patch_size=2)]
-    chain = Chain(models, budgets=list(BUDGETS), unit="steps", progress=False, checkpoint_dir=str(out))
+    settings = {"progress": False, "checkpoint_dir": str(out), "transferer": FeatureMSE()}  # a transfer loss to log
+    chain = Chain(models, budgets=list(BUDGETS), unit="steps", **settings)
     chain.set_params(loggers=INSTALLED)
     return out, chain.fit(train, val)
 

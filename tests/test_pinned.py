@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from comptlib import Chain
+from comptlib import Chain, FeatureMSE
 from comptlib.checkpoint import weights_hash
 from comptlib.data import digits_loaders
 from comptlib.families.vit import build_vit
@@ -45,9 +45,9 @@ def test_a_tiny_chain_trains_the_pinned_numbers(tmp_path) -> None:
     torch.manual_seed(0)
     models = [build_vit(16, 1), build_vit(32, 2)]
     train, val = digits_loaders(batch_size=32)
-    chain = Chain(
-        models, budgets=[20, 5], unit="steps", lr=3e-3, eval_every=4, checkpoint_dir=str(tmp_path), progress=False
-    )
+    settings = {"eval_every": 4, "checkpoint_dir": str(tmp_path), "progress": False}
+    # the transfer of the pins, the vision default when they were taken
+    chain = Chain(models, budgets=[20, 5], unit="steps", lr=3e-3, transferer=FeatureMSE(), **settings)
     chain.set_params(checkpoint_every=3).fit(train, val)
     curves = [v for record in chain.history_ for key in ("loss", "transfer_loss") for v in record[key]]
     got = ([weights_hash(m) for m in chain.models_], digest(curves), chain.history_[1]["val"][-1]["loss"])

@@ -25,7 +25,7 @@ from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import GrowthError, require_growth
 from comptlib.ops import Proj
 from comptlib.portable import Spec, path_of
-from comptlib.transferer import FeatureMSE
+from comptlib.transferer import no_transfer
 
 _GROW = ("embed_dim", "num_heads", "mlp_dim", "depth")
 _EQUAL = ("img_size", "patch_size", "in_chans", "num_classes", "num_prefix_tokens", "pre_norm")
@@ -215,7 +215,7 @@ TIMM_VIT = register_family(
         name="timm_vit",
         model_types=(VisionTransformer,),
         grower=TimmViTGrower,
-        transferer=FeatureMSE,
+        transferer=no_transfer,  # measured best: see comptlib.transferer.no_transfer
         forward=timm_vit_forward,
         evaluate=evaluate_classifier,
         sample_means=True,  # accuracy and mean loss: ranks split the held-out set

@@ -25,7 +25,7 @@ from comptlib.family import Family, Outputs, register_family
 from comptlib.grower import GrowthError, require_growth
 from comptlib.ops import HeadPlan, Proj, ResidualStream, Writer, corner
 from comptlib.portable import Spec, path_of
-from comptlib.transferer import FeatureMSE
+from comptlib.transferer import no_transfer
 
 _GROW = ("hidden_dim", "num_heads", "mlp_dim", "num_layers")
 _EQUAL = ("image_size", "patch_size", "num_classes", "in_channels", "representation_size")
@@ -222,7 +222,7 @@ VIT = register_family(
         name="vit",
         model_types=(VisionTransformer,),
         grower=ViTGrower,
-        transferer=FeatureMSE,
+        transferer=no_transfer,  # measured best: see comptlib.transferer.no_transfer
         forward=vit_forward,
         evaluate=evaluate_classifier,
         sample_means=True,  # accuracy and mean loss: ranks split the held-out set

@@ -42,8 +42,14 @@ class DistillationTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         family = family_of(teacher)
+        transferer = transferer or family.transferer()
+        if transferer is None:
+            raise ValueError(
+                f"transferer: the {family.name} family distils nothing by default (growth alone measured better); "
+                "pass one, e.g. transferer=FeatureMSE()"
+            )
         self.teacher = freeze(teacher).to(self.args.device)
-        self.transferer = (transferer or family.transferer()).to(self.args.device)
+        self.transferer = transferer.to(self.args.device)
         self.family_forward = forward or family.forward
         self.feature_map = feature_map
         self.model_accepts_loss_kwargs = (
