@@ -377,9 +377,10 @@ class Chain(BaseEstimator):
 
         One forward and backward of each model on one batch are counted (on
         copies: the models are not touched); the teacher's forward is counted
-        as its own forward.
+        as its own forward where the link distils (a link without a transferer
+        runs none).
         """
-        family, _, _, steps, baseline_steps = self._validate(train_loader)
+        family, _, transferers, steps, baseline_steps = self._validate(train_loader)
         batch = next(iter(train_loader))
         n = batch_size_of(batch)
         names = self._names(family)
@@ -391,7 +392,8 @@ class Chain(BaseEstimator):
             with count_flops() as forward, torch.no_grad():
                 family.forward(model, batch)
             samples = steps[i] * n if not (i == 0 and self.first_trained) else baseline_steps * n
-            cost = StageCost(names[i], counter.get_total_flops() / n, previous, samples)
+            teacher = previous if i > 0 and transferers[i - 1] is not None else 0.0
+            cost = StageCost(names[i], counter.get_total_flops() / n, teacher, samples)
             previous = forward.get_total_flops() / n
             stages.append(cost)
             rows.append({**attrs.asdict(cost), "params": num_params(model), "steps": steps[i], "total": cost.total})

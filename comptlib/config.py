@@ -78,7 +78,7 @@ class RunConfig:
     method: str = setting("exact", "Growth: exact (function-preserving) or compt (the paper's).", _method, cli=str)
     transfer: bool = setting(
         True,
-        "Distil from the predecessor with the family's default transfer (none for image classifiers).",
+        "Distil from the predecessor with the family's default transfer (none for ViTs and ResNets).",
         flag,
         cli=bool,
     )

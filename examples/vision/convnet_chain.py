@@ -14,21 +14,24 @@ training FLOPs, wall time and the chain's acceleration ratio.
 Run ``python examples/vision/convnet_chain.py --family resnet`` (or
 ``--family convnext``); ``--smoke`` checks the script end to end in seconds.
 
-Measured on 2 CPU cores on 2026-11-27 with the default Chain settings (cores
-shared with other jobs, load average 3-5, so wall times are approximate: the
-first model does the same work in both columns; accuracies and FLOPs repeat
-exactly from run to run):
+Measured on 2 CPU cores with the default Chain settings (cores shared with
+other jobs, so wall times are approximate: the first model does the same work
+in both columns; accuracies and FLOPs repeat exactly from run to run). ResNet,
+2026-12-02 (growth with no transfer, its default since then):
 
 ``python examples/vision/convnet_chain.py --family resnet``::
 
     resnet chain 8x1 -> 16x1 -> 32x2 on digits 32x32, exact growth, baseline 352 steps of 64, seed 0, 2 threads
     model               params |   held-out accuracy    |    steps    |   train FLOPs   |    wall s
                                |  grown   chain   alone | chain alone |   chain   alone |  chain  alone
-    resnet-8x1          20,914 |      -   0.986   0.986 |   352   352 |   52.6G   52.6G |   16.5   16.5
-    resnet-16x1         79,962 |  0.986   0.989   0.994 |    66   352 |   33.5G  156.2G |    3.7   14.7
-    resnet-32x2        700,458 |  0.989   0.992   0.992 |    44   352 |  132.0G  994.5G |    6.7   43.3
-    family                     |                        |             |  218.1G    1.2T |   26.8   74.5
-    acceleration ratio (FLOPs): 5.52x; wall-time ratio: 2.78x
+    resnet-8x1          20,914 |      -   0.986   0.986 |   352   352 |   52.6G   52.6G |   12.9   10.9
+    resnet-16x1         79,962 |  0.986   0.986   0.994 |    66   352 |   29.3G  156.2G |    2.2    9.6
+    resnet-32x2        700,458 |  0.986   0.994   0.994 |    44   352 |  124.3G  994.5G |    3.4   20.0
+    family                     |                        |             |  206.2G    1.2T |   18.4   40.5
+    acceleration ratio (FLOPs): 5.83x; wall-time ratio: 2.20x
+
+ConvNeXt, 2026-11-27 (the paper's feature MSE, still its default: without it
+the grown 64x2 ended at 0.967, measured 2026-12-02):
 
 ``python examples/vision/convnet_chain.py --family convnext``::
 
@@ -41,8 +44,8 @@ exactly from run to run):
     family                     |                        |             |    1.6T   10.3T |   52.4  236.8
     acceleration ratio (FLOPs): 6.28x; wall-time ratio: 4.52x
 
-The chains cost 5.5x (ResNet) and 6.3x (ConvNeXt) fewer training FLOPs than
-training each model alone, and their grown models end within 0.5 points of
+The chains cost 5.8x (ResNet) and 6.3x (ConvNeXt) fewer training FLOPs than
+training each model alone, and their grown models end within 0.8 points of
 their 352-step baselines (the largest of each equal to its own). ResNet's ``grown``
 column equals its predecessor's accuracy (exact growth); ConvNeXt's does not,
 as its width growth is approximate.

@@ -14,25 +14,26 @@ acceleration ratio.
 Run ``python examples/vision/vit_chain.py``; ``--smoke`` checks the script end
 to end in seconds.
 
-Measured on 2 CPU cores on 2026-11-27 with the default Chain settings (cores
-shared with other jobs, load average 4-5, so wall times are approximate: the
-first model does the same work in both columns):
+Measured on 2 CPU cores on 2026-12-02 with the default Chain settings (growth
+with no transfer for the image classifiers; cores shared with other jobs, so
+wall times are approximate: the first model does the same work in both columns):
 
 ``python examples/vision/vit_chain.py``::
 
     vit chain 32x2 -> 64x4 -> 128x6 on digits 8x8, exact growth, baseline 704 steps of 64, seed 0, 2 threads
     model               params |   held-out accuracy    |    steps    |   train FLOPs   |    wall s
                                |  grown   chain   alone | chain alone |   chain   alone |  chain  alone
-    vit-32x2            18,474 |      -   0.930   0.930 |   704   704 |   86.5G   86.5G |   15.8   16.9
-    vit-64x4           136,650 |  0.930   0.939   0.975 |   132   704 |  126.4G  644.8G |    9.7   50.5
-    vit-128x6          800,394 |  0.939   0.947   0.964 |    88   704 |  494.5G    3.7T |   21.8  167.3
-    family                     |                        |             |  707.4G    4.5T |   47.3  234.7
-    acceleration ratio (FLOPs): 6.32x; wall-time ratio: 4.96x
+    vit-32x2            18,474 |      -   0.930   0.930 |   704   704 |   86.5G   86.5G |   10.2    9.6
+    vit-64x4           136,650 |  0.930   0.936   0.975 |   132   704 |  120.9G  644.8G |    4.8   23.9
+    vit-128x6          800,394 |  0.936   0.955   0.958 |    88   704 |  467.4G    3.7T |    9.8   80.0
+    family                     |                        |             |  674.8G    4.5T |   24.8  113.6
+    acceleration ratio (FLOPs): 6.62x; wall-time ratio: 4.58x
 
-The chain costs 6.3x fewer training FLOPs, and each grown ViT starts exactly
+The chain costs 6.6x fewer training FLOPs, and each grown ViT starts exactly
 where its predecessor ended (``grown``) and improves on it, but with the
-paper's short budgets (132 and 88 steps against 704) the grown ViTs end 2-4
-points behind their baselines. ``docs/benchmarks.md`` measures this over three
+paper's short budgets (132 and 88 steps against 704) the grown ViTs end 0.3-4
+points behind their baselines (with the paper's constant feature MSE, measured
+2026-11-27: 2-4 points). ``docs/benchmarks.md`` measures this over three
 seeds, with the time each grown model needs to reach its baseline.
 """
 
