@@ -503,7 +503,6 @@ class Chain(BaseEstimator):
                         grower=growers[i - 1] if grown else None,
                         transfer=transferers[i - 1] if grown else None,
                         lora_rank=self.lora_rank if lora else None,
-                        template=self.models[i],
                         target=self.targets[i] if self.targets is not None else None,
                         folder=folder,
                         signature=sig,

@@ -90,7 +90,6 @@ class Stage:
     grower: Grower | None = None
     transfer: Transferer | None = None
     lora_rank: int | None = None  # train the inherited weights through LoRA of this rank
-    template: nn.Module | None = None  # the fresh student, for the LoRA masks
     target: float | None = None
     folder: Path | None = None
     signature: str = ""
@@ -176,7 +175,7 @@ class Stage:
             self.grower.grow(source, self.student)
             self.fmap = self.grower.feature_map(source, self.student)
         if self.lora_rank is not None:
-            masks = inherited_masks(self.grower, source, copy.deepcopy(self.template).to(self.device))
+            masks = inherited_masks(self.grower, source, copy.deepcopy(self.student))  # the grown shapes, on its device
             attach_lora(self.student, masks, self.lora_rank)
 
     def _setup(self) -> None:

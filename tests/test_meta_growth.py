@@ -130,12 +130,12 @@ def test_a_chain_materialises_its_meta_models(digits) -> None:
     from comptlib import Chain
     from comptlib.checkpoint import weights_hash
 
-    def fit(meta: bool) -> Chain:
+    def fit(meta: bool, **settings) -> Chain:
         torch.manual_seed(0)
         small = build_vit(16, 1)
         with torch.device("meta") if meta else contextlib.nullcontext():
             large = build_vit(32, 2)
-        chain = Chain([small, large], budgets=[3, 2], unit="steps", progress=False).fit(digits[0])
+        chain = Chain([small, large], budgets=[3, 2], unit="steps", progress=False, **settings).fit(digits[0])
         assert all(t.is_meta for t in large.parameters()) == meta  # the chain grew a copy
         return chain
 
@@ -145,6 +145,8 @@ def test_a_chain_materialises_its_meta_models(digits) -> None:
         assert a.shape == b.shape and not b.is_meta
     for chain in (built, meta):
         assert chain.history_[1]["growth"]["max_rel"] < 1e-5
+    lora = fit(True, inherited="lora", lora_rank=2)  # its masks come from the grown student, not the meta template
+    assert lora.history_[1]["growth"]["max_rel"] < 1e-5 and not any(t.is_meta for t in lora.models_[1].parameters())
 
 
 def test_a_meta_target_grown_with_noise_is_drawn_whole_first_and_stays_exact() -> None:
