@@ -345,7 +345,7 @@ RECIPES: dict[str, Recipe] = {
         64,
         _clip_on("glyph_tokenizer"),
         _glyphs,
-        "4,101 Unicode glyphs 32x32 in up to 11 DejaVu/STIX faces, with their Unicode names (410 characters held out)",
+        "4,099 Unicode glyphs 32x32 in up to 11 DejaVu/STIX faces, with their Unicode names (410 characters held out)",
     ),
     "fashion-vit": Recipe(
         "vit",

@@ -39,7 +39,8 @@ CONFIG = "config.json"
 RUN_FILES = frozenset({MARKER, LOCK, CONFIG, "metrics.jsonl", "lineage.json", "report.json", "report.md", "report.png"})
 TRACKER_DIRS = frozenset({"tensorboard", "wandb", "mlruns"})  # what comptlib.loggers write: the run's too
 STAGE_FILES = frozenset(
-    {"model.safetensors", "model", "state.pt", "stage.json", "partial.pt", "README.md", "pre_decay.safetensors"}
+    {"model.safetensors", "model", "state.pt", "stage.json", "partial.pt", "partial", "README.md"}
+    | {"pre_decay.safetensors"}
 )
 RESUMABLE = frozenset(
     {"sizes", "budgets", "targets", "eval_every", "checkpoint_every", "device", "num_workers", "compile", "strategy"}

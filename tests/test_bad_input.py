@@ -284,10 +284,13 @@ def test_force_removes_only_its_own_run(tmp_path, finished) -> None:
     out = tmp_path / "out"
     shutil.copytree(finished, out)
     (out / "vit-16x1" / ".model.safetensors.abc.tmp").write_bytes(b"left by a kill")
+    for left in ("partial", "pre_decay.safetensors"):  # a sharded run's mid-stage folder, a pre-decay snapshot
+        (out / "vit-32x1" / left).mkdir() if left == "partial" else (out / "vit-32x1" / left).write_bytes(b"x")
     result = runner.invoke(app, ["grow", *TINY, "--budgets", "3,2", "--out", str(out), "--force"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "config.json").read_text())["budgets"] == [3.0, 2.0]
     assert not list(out.rglob("*.tmp")), "a stale temporary survived"
+    assert not (out / "vit-32x1" / "partial").exists() and not (out / "vit-32x1" / "pre_decay.safetensors").exists()
 
 
 def test_a_torn_metrics_line_does_not_block_resume(tmp_path, finished) -> None:

@@ -31,7 +31,8 @@ in both columns; accuracies and FLOPs repeat exactly from run to run). ResNet,
     acceleration ratio (FLOPs): 5.83x; wall-time ratio: 2.20x
 
 ConvNeXt, 2026-11-27 (the paper's feature MSE, still its default: without it
-the grown 64x2 ended at 0.967, measured 2026-12-02):
+the grown 64x2 ends at 0.967: ``comptlib bench --family convnext --no-transfer``,
+2026-12-02):
 
 ``python examples/vision/convnet_chain.py --family convnext``::
 
