@@ -128,7 +128,7 @@ LADDERS |= {
         "fashion-vit-4", "fashion-vit", ("64x2", "80x3", "96x4", "128x5"), (156, 29, 20, 20), 26, **_FASHION
     ),
     "fashion-resnet-3": Ladder(
-        "fashion-resnet-3", "fashion-resnet", ("16x1", "16x2", "24x2"), (156, 29, 20), 26, **_FASHION
+        "fashion-resnet-3", "fashion-resnet", ("16x1", "16x2", "24x2"), (156, 29, 20), 26, **(_FASHION | {"knee": 5})
     ),
 }
 
@@ -314,6 +314,7 @@ def _summary(chain: Any) -> list[dict[str, Any]]:
                 "grown": record["val"][0][metric] if record["val"] and record.get("parent") else None,
                 "steps": record["steps"],
                 "reached": record.get("reached"),
+                "branch_steps": record.get("branch_steps", 0),
                 "flops": row["flops"],
                 "wall_time": row["wall_time"],
                 "curve": [(v["step"], v[metric]) for v in record["val"]],
@@ -404,8 +405,8 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
     tried = [scaled[0] * 2**k for k in range(doublings + 1)]
     data = _loaders(ladder, suite)
     if only is not None:
-        for size in (s for s in ladder.sizes if s in only):
-            for budget in tried:
+        for budget in tried:  # every size at one budget before the next: a piece cut short has the cheap ones
+            for size in (s for s in ladder.sizes if s in only):
                 for seed in _every_seed(suite):
                     _alone(ladder, suite, data, size, seed, budget, out, log)
         return {}
@@ -423,6 +424,7 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
     metric = alone[suite.seeds[0]][0].report_["metric"]
     targets = [statistics.mean(alone[s][i].report_["models"][0][metric] for s in alone) for i in range(len(names))]
     result: dict[str, Any] = {"sizes": ladder.sizes, "budgets": budgets, "baselines": base, "eval_every": every}
+    result["search_schedule"] = "wsd"  # the budget search evaluates decayed branches
     result |= {"knees": knees, "seeds": {}}
     if ladder.knee:
         _plot_knees(ladder.name, knees, metric, out / f"{ladder.name}-knee.png")
@@ -446,11 +448,11 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
         grown = {"baseline_budget": base[0], "first_trained": True, "seed": seed}
         if "chain" in suite.parts:
             start = time.perf_counter()
-            search = _run(
+            search = _run(  # under WSD: each evaluation is of a decayed branch, as a run told to stop there ends
                 [first, *models[1:]],
                 *data,
                 targets=[None, *targets[1:]],
-                **(run_with | grown | {"budgets": [0, *base[1:]]}),
+                **(run_with | grown | {"budgets": [0, *base[1:]], "schedule": "wsd"}),
             )
             runs |= {"search": _summary(search), "search_report": _ratio(runs["alone"], search)}
             log(f"{ladder.name} seed {seed}: budget search ({time.perf_counter() - start:.0f} s)")
@@ -509,7 +511,7 @@ def _plot_knees(name: str, knees: dict[str, Any], metric: str, path: Path) -> No
 
 def _merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """A ladder rerun for some seeds or one part keeps what an earlier run of the same budgets has of the rest."""
-    same = old is not None and all(old.get(k) == new[k] for k in ("budgets", "baselines", "targets"))
+    same = old is not None and all(old.get(k) == new[k] for k in ("budgets", "baselines", "targets", "search_schedule"))
     seeds = {int(k): v for k, v in old["seeds"].items()} if same else {}
     for seed, runs in new["seeds"].items():  # a part rerun for a seed replaces that part only
         seeds[seed] = seeds.get(seed, {}) | runs

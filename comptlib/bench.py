@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 from torch import nn
 
 from comptlib.chain import Chain
@@ -34,12 +35,15 @@ def budget_search(chain: Chain, alone: Sequence[Chain], train: Any, val: Any, *,
     From the chain's trained first model, every later model is grown and
     trained until its held-out metric reaches the final metric of the same
     model trained alone (checked every ``eval_every`` steps, or the chain's
-    own), capped at that run's budget. Its ``acceleration_ratio`` is the
-    matched-quality ratio: every model alone over this chain, the first
-    model's training and the teacher's forwards counted.
+    own), capped at that run's budget. It trains under WSD, so each check is
+    of a decayed branch, as a run told to stop there would end
+    (:meth:`~comptlib.stage.Stage.decay_branch`). Its ``acceleration_ratio``
+    is the matched-quality ratio: every model alone over this chain, the
+    first model's training and the teacher's forwards counted.
     """
     metric = chain.report_["metric"]
     params = chain.get_params(deep=False) | {
+        "optim": attrs.evolve(chain.optim, schedule="wsd"),
         "models": [chain.models_[0], *chain.models[1:]],
         "budgets": [0, *(lone.budgets[0] for lone in alone[1:])],
         "targets": [None, *(lone.report_["models"][0][metric] for lone in alone[1:])],

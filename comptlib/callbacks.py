@@ -91,14 +91,19 @@ class FlopCounter(Callback):
 
 
 class Evaluation(Callback):
-    """Evaluates every ``every`` steps and, for the budget search, stops a stage that reached its target."""
+    """Evaluates every ``every`` steps and, for the budget search, stops a stage that reached its target.
+
+    Under ``Optim(schedule="wsd")`` the budget search evaluates a decayed branch
+    at each of these steps before the decay (:meth:`Stage.decay_branch`): what a
+    stage told to stop there would end with.
+    """
 
     def __init__(self, every: int) -> None:
         self.every = every
 
     def on_step_end(self, stage: Stage) -> None:
         if self.every and stage.step % self.every == 0 and stage.step < stage.total:
-            stage.evaluate()
+            stage.decay_branch() if stage.branches else stage.evaluate()
 
     def on_evaluate(self, stage: Stage, metrics: dict[str, float]) -> None:
         if stage.target is None or stage.phase == "grown":
@@ -125,10 +130,18 @@ class PreDecaySnapshot(Callback):
             stage.snapshot = load_snapshot(stage.folder, stage.student, stage.signature)
 
     def on_step_end(self, stage: Stage) -> None:
-        if stage.step == stage.optim.decay_start(stage.total):
-            stage.snapshot = stage.trainee.copy().eval()
-            if stage.folder is not None and stage.world.main:
-                save_snapshot(stage.folder, stage.snapshot, stage.signature)
+        if stage.step == stage.optim.decay_start(stage.total) and stage.snapshot is None:  # None: no branch kept
+            self._keep(stage, stage.trainee.copy().eval())
+
+    def on_evaluate(self, stage: Stage, metrics: dict[str, float]) -> None:
+        if stage.reached and stage.branch_origin is not None:  # the budget search keeps a decay branch
+            self._keep(stage, stage.branch_start_copy())
+
+    @staticmethod
+    def _keep(stage: Stage, snapshot: torch.nn.Module) -> None:
+        stage.snapshot = snapshot
+        if stage.folder is not None and stage.world.main:
+            save_snapshot(stage.folder, stage.snapshot, stage.signature)
 
 
 class ShrinkPerturb(Callback):

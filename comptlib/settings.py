@@ -176,8 +176,9 @@ class Optim(_Params):
     ``schedule="wsd"`` (warmup-stable-decay) holds the peak and decays
     linearly to ``min_lr_ratio`` over the last ``decay`` of the stage's steps:
     the weights before the decay are a model to grow from
-    (``Chain(grow_from="pre_decay")``), and a stage cut short by the budget
-    search has trained at its peak rather than at a half-decayed rate.
+    (``Chain(grow_from="pre_decay")``), and the budget search evaluates
+    decayed branches, as a stage told to stop there would end
+    (:meth:`comptlib.stage.Stage.decay_branch`).
     """
 
     lr: float = setting(1e-3, "Peak learning rate of the first model.", positive, cli=float)

@@ -101,6 +101,9 @@ class Stage:
     stop: bool = False
     reached: bool = False
     snapshot: nn.Module | None = None  # the student where its LR decay began, kept by PreDecaySnapshot
+    branch_origin: dict[str, Any] | None = None  # while a decay branch runs: the state it started from
+    branched: int = 0  # steps of decay branches tried and dropped: the budget search's own cost
+    next_branch: int = 0  # the first step at which the next decay branch may start
     resume_from: dict[str, Any] | None = None
     flops: list[float] = attrs.Factory(lambda: [0.0, 0.0])  # per sample: student step, teacher forward
     samples: int = 0
@@ -135,8 +138,11 @@ class Stage:
                 stack.enter_context(context)
         return stack
 
-    def evaluate(self, model: nn.Module | None = None) -> None:
-        """Evaluate on the validation loader (if any) into ``record["val"]``; a pause of the stage's clock."""
+    def evaluate(self, model: nn.Module | None = None, **extra: Any) -> None:
+        """Evaluate on the validation loader (if any) into ``record["val"]``; a pause of the stage's clock.
+
+        ``extra`` goes into the record's entry beside the metrics (a decay branch's ``decay_from``).
+        """
         if self.val_loader is None:
             return
         paused = time.perf_counter()
@@ -148,7 +154,7 @@ class Stage:
         else:
             metrics = self.family.evaluate(model, loader, self.device)
         metrics = self.world.mean_metrics(metrics, count)  # count: this rank's share of the samples
-        self.record["val"].append({"step": self.step, **metrics})
+        self.record["val"].append({"step": self.step, **metrics, **extra})
         self._clock += time.perf_counter() - paused
         self._fire("on_evaluate", metrics)
 
@@ -243,42 +249,13 @@ class Stage:
         return {"method": self.grower.method, "max_abs": diff, "max_rel": diff / max(before.abs().max().item(), 1e-12)}
 
     def _train(self) -> None:
-        """The step loop: batch, teacher forward, student forward, loss, backward, step."""
-        amp, opt = self.amp, self.opt
+        """The step loop: one optimiser step, then the hooks."""
         self.student.train()
         self._start, self._clock = time.perf_counter() - self.elapsed, 0.0
         for step in range(self.step, self.total if self.trained else 1):
-            batch = self.first if step == 0 else to_device(next(self.stream), self.device)
-            t_out = None
-            if self.teacher_run is not None:
-                with self._watch("teacher"), torch.inference_mode(), amp.teacher_autocast():
-                    t_out = Outputs(**self.teacher_run(batch))
-                t_out = usable(t_out)
-            with self._watch("student"):
-                with amp.autocast():
-                    out = self.trainee(batch, eager=step == 0)
-                    loss = out.loss
-                    if self.transfer is not None:
-                        extra = self.transfer(out, t_out, step, self.total)
-                        loss = loss + extra
-                amp.backward(loss)
+            self._step(step)
             if not self.trained:  # a pre-trained first model: one measured step, no update
-                opt.zero_grad(set_to_none=True)
                 break
-            self.world.average_gradients(self.transfer_params)  # the student's are averaged by DDP/FSDP
-            amp.unscale(opt)
-            norm = self.trainee.clip_grad_norm_(self.params, self.optim.grad_clip) if self.optim.grad_clip else None
-            if self._diverged(step, loss, norm):
-                amp.skip(opt)
-            else:
-                amp.step(opt)
-                self.losses.append(loss.detach())
-                if self.transfer is not None:
-                    self.transfer_losses.append(extra.detach())
-            opt.zero_grad(set_to_none=True)
-            self.sched.step()
-            self.samples += batch_size_of(batch) * self.world.size
-            self.step = step + 1
             if (self.step % LOG_EVERY == 0 or self.step == self.total) and self.losses:
                 loss_now = self.world.mean(self.losses[-1]).item()
                 self._fire("on_log", {"loss": loss_now, "lr": self.sched.get_last_lr()[0]})
@@ -286,6 +263,120 @@ class Stage:
             if self.stop:
                 break
         self.elapsed = self.elapsed_now()
+
+    def _step(self, step: int) -> None:
+        """Batch, teacher forward, student forward, loss, backward, update, schedule."""
+        amp, opt = self.amp, self.opt
+        batch = self.first if step == 0 else to_device(next(self.stream), self.device)
+        t_out = None
+        if self.teacher_run is not None:
+            with self._watch("teacher"), torch.inference_mode(), amp.teacher_autocast():
+                t_out = Outputs(**self.teacher_run(batch))
+            t_out = usable(t_out)
+        with self._watch("student"):
+            with amp.autocast():
+                out = self.trainee(batch, eager=step == 0)
+                loss = out.loss
+                if self.transfer is not None:
+                    extra = self.transfer(out, t_out, step, self.total)
+                    loss = loss + extra
+            amp.backward(loss)
+        if not self.trained:
+            opt.zero_grad(set_to_none=True)
+            return
+        self.world.average_gradients(self.transfer_params)  # the student's are averaged by DDP/FSDP
+        amp.unscale(opt)
+        norm = self.trainee.clip_grad_norm_(self.params, self.optim.grad_clip) if self.optim.grad_clip else None
+        if self._diverged(step, loss, norm):
+            amp.skip(opt)
+        else:
+            amp.step(opt)
+            self.losses.append(loss.detach())
+            if self.transfer is not None:
+                self.transfer_losses.append(extra.detach())
+        opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        self.samples += batch_size_of(batch) * self.world.size
+        self.step = step + 1
+
+    # -- the budget search under WSD: decayed branches -----------------------------------
+    @property
+    def branches(self) -> bool:
+        """Whether the budget search evaluates a decayed branch here: a target, WSD, still before the decay,
+        and as many steps trained since the last branch as it took (so the branches cost at most the stage)."""
+        search = self.target is not None and self.optim.schedule == "wsd"
+        return search and self.next_branch <= self.step < self.optim.decay_start(self.total)
+
+    def decay_branch(self) -> None:
+        """Decay the LR from here to its floor, evaluate, and keep that if it reached the target.
+
+        What a WSD stage stopped here would have done: its decay takes
+        ``decay / (1 - decay)`` of the steps so far, on the batches that come
+        next. So the budget search compares decayed models, as a run told
+        its budget would end, without re-running each budget. The next branch
+        waits until the stage has trained as many steps again (evaluations in
+        between are of the stage itself), so the branches cost at most the
+        stage's own steps and their spacing grows by ``1 / (1 - decay)``. A
+        branch that falls short is undone (weights, optimiser, schedule, data position and
+        RNG): the stage goes on as if it had not run, and its steps are counted
+        in ``record["branch_steps"]``, not in the ledger.
+        """
+        start, decay = self.step, self.optim.decay
+        steps = max(int(round(start * decay / (1.0 - decay))), 1)
+        self.next_branch = start + steps
+        self.branch_origin = self._branch_state()
+        peak, floor, lambdas = self.sched.lr_lambdas[0](start), self.optim.min_lr_ratio, self.sched.lr_lambdas
+
+        def branch(s: int) -> float:  # linear to the floor, every step below the start and above the floor
+            return floor + (peak - floor) * (1.0 - (s + 1 - start) / (steps + 1))
+
+        self.sched.lr_lambdas = [branch] * len(lambdas)
+        for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
+            group["lr"] = base * branch(start)  # the rate of the branch's first step
+        began = time.perf_counter()
+        for step in range(start, start + steps):
+            self._step(step)
+        seconds = time.perf_counter() - began
+        self.sched.lr_lambdas = lambdas
+        self.evaluate(decay_from=start)
+        if not self.reached:
+            self._restore_branch(self.branch_origin)
+            self.branched += steps
+            self._clock += seconds  # the search's time, not the stage's
+        self.branch_origin = None
+
+    def _branch_state(self) -> dict[str, Any]:
+        return {
+            "trainee": copy.deepcopy(self.trainee.state(self.opt)),
+            "transfer": copy.deepcopy(self.transfer.state_dict()) if self.transfer is not None else {},
+            "scheduler": self.sched.state_dict(),
+            "scaler": copy.deepcopy(self.amp.state_dict()) if self.amp.scaler is not None else {},
+            "stream": self.stream.state(),
+            "rng": torch.get_rng_state(),
+            "counts": (self.step, self.samples, len(self.losses), len(self.transfer_losses), list(self.skipped)),
+        }
+
+    def _restore_branch(self, state: dict[str, Any]) -> None:
+        self.trainee.load(self.opt, copy.deepcopy(state["trainee"]))
+        if self.transfer is not None:
+            self.transfer.load_state_dict(state["transfer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.amp.load_state_dict(state["scaler"])
+        self.stream.restore(state["stream"])
+        torch.set_rng_state(state["rng"])
+        self.step, self.samples, losses, transfer_losses, self.skipped = state["counts"]
+        del self.losses[losses:], self.transfer_losses[transfer_losses:]
+        self.student.train()
+
+    def branch_start_copy(self) -> nn.Module:
+        """A plain copy of the student where the running decay branch began (for ``grow_from="pre_decay"``)."""
+        branch = copy.deepcopy(self.trainee.state(self.opt))
+        self.trainee.load(self.opt, copy.deepcopy(self.branch_origin["trainee"]))
+        try:
+            return self.trainee.copy().eval()
+        finally:
+            self.trainee.load(self.opt, branch)
+            self.student.train()
 
     def _diverged(self, step: int, loss: torch.Tensor, norm: torch.Tensor | None) -> bool:
         """Whether this step's update must be skipped; raises :class:`DivergenceError` where it must stop.
@@ -331,6 +422,8 @@ class Stage:
         record |= {"cost": attrs.asdict(cost), "flops": cost.total}
         if self.skipped:
             record["skipped"] = list(self.skipped)
+        if self.branched:
+            record["branch_steps"] = self.branched
         self.student = student
         return student
 
@@ -349,6 +442,8 @@ class Stage:
             "flops": list(self.flops),
             "elapsed": self.elapsed_now(),
             "skipped": list(self.skipped),
+            "branched": self.branched,
+            "next_branch": self.next_branch,
         }
         return {
             "signature": self.signature,
@@ -376,6 +471,7 @@ class Stage:
         self.losses = [torch.tensor(v) for v in progress["loss"]]
         self.transfer_losses = [torch.tensor(v) for v in progress["transfer_loss"]]
         self.skipped = list(progress.get("skipped", []))
+        self.branched, self.next_branch = progress.get("branched", 0), progress.get("next_branch", 0)
         self.elapsed = progress["elapsed"]
         self.record["val"] = state["val"]
 

@@ -168,6 +168,12 @@ def _worker(rank: int, size: int, port: int, scenario: str, out: str) -> None:
             result = _fsdp(scenario, run, train, val, out, rank)
         elif scenario == "pre-decay":  # grown from a snapshot of sharded weights, taken mid-stage
             result = _summary(chain(2, strategy="fsdp", grow_from="pre_decay", schedule="wsd").fit(train, val))
+        elif scenario.startswith("branches-"):  # a budget search whose decay branches all fall short
+            common = {"strategy": scenario.removeprefix("branches-"), "schedule": "wsd", "eval_every": 4}
+            plain = _summary(chain(**common).fit(train, val))
+            searched = chain(targets=[None, 1.01], **common).fit(train, val)
+            result = {"plain": plain["hashes"], "searched": _summary(searched)["hashes"]}
+            result["branch_steps"] = searched.history_[1].get("branch_steps")
         elif scenario == "teacher":
             result = _teacher(World(rank, size))
         elif scenario == "evaluation":
@@ -312,6 +318,14 @@ def test_fsdp_grows_from_a_pre_decay_snapshot(tmp_path) -> None:
     zero, one = launch("pre-decay", tmp_path)
     assert "error" not in zero, zero.get("traceback")
     assert zero["hashes"] == one["hashes"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_decay_branches_that_fall_short_are_undone_on_every_rank(tmp_path, strategy) -> None:
+    zero, one = launch(f"branches-{strategy}", tmp_path)
+    assert "error" not in zero, zero.get("traceback")
+    assert zero["searched"] == zero["plain"] == one["searched"]
+    assert zero["branch_steps"] == 1 + 2 + 3  # branches at steps 4, 8, 12 of 16 (the decay starts at 13)
 
 
 def _weights(folder: Path) -> list[list[dict]]:
