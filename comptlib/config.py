@@ -97,7 +97,8 @@ class RunConfig:
     targets: tuple[float, ...] | None = setting(
         None,
         "Budget search: a held-out metric per grown model (e.g. 0.95,0.96); each stage stops once it gets there, "
-        "its budget only a cap (evaluated every --eval-every steps, 10 if not given).",
+        "its budget only a cap (evaluated every --eval-every steps, 10 if not given; with --schedule wsd each "
+        "check is of a decayed branch, as a run stopped there would end).",
         optional(each(number)),
         cli="floats",
         converter=_tuple,

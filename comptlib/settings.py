@@ -254,7 +254,7 @@ class ChainSettings:
     )
     targets: Sequence[float | None] | None = setting(
         None,
-        "Budget search: a held-out metric per model; a stage stops once it gets there.",
+        "Budget search: a held-out metric per model; a stage stops once it gets there (under WSD: a decayed branch).",
         optional(each(optional(number))),
     )
     seed: int = setting(0, "Random seed for models, data order and growth.", integer(), cli=int)
