@@ -511,7 +511,8 @@ def _plot_knees(name: str, knees: dict[str, Any], metric: str, path: Path) -> No
 
 def _merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """A ladder rerun for some seeds or one part keeps what an earlier run of the same budgets has of the rest."""
-    same = old is not None and all(old.get(k) == new[k] for k in ("budgets", "baselines", "targets", "search_schedule"))
+    keys = ("budgets", "baselines", "targets", "search_schedule")  # another search: its seeds are not comparable
+    same = old is not None and all(old.get(k) == new.get(k) for k in keys)
     seeds = {int(k): v for k, v in old["seeds"].items()} if same else {}
     for seed, runs in new["seeds"].items():  # a part rerun for a seed replaces that part only
         seeds[seed] = seeds.get(seed, {}) | runs

@@ -29,8 +29,10 @@ def test_every_ladder_runs_both_ways_with_a_budget_search(quick) -> None:
         sizes = len(LADDERS[name].sizes)
         assert len(runs["alone"]) == len(runs["chain"]) == len(runs["search"]) == sizes
         assert runs["chain_report"]["acceleration_ratio"] > 1
+        assert ladder["search_schedule"] == "wsd"  # the search judges decayed branches
         for cap, stage in zip(ladder["baselines"][1:], runs["search"][1:]):  # at its target or its baseline's budget
             assert stage["steps"] == cap or stage["reached"]
+            assert stage["branch_steps"] <= stage["steps"]  # the dropped branches cost at most the stage
         assert (quick / "out" / f"{name}.png").stat().st_size > 10_000
     # A size trained alone with one seed is one run, shared by every ladder that has it.
     vit3, vit4 = (results["ladders"][k]["seeds"]["0"]["alone"] for k in ("vit-3", "vit-4"))
@@ -92,13 +94,15 @@ def test_a_page_without_markers_is_refused_and_kept(quick, tmp_path) -> None:
 def test_pieces_merge_by_seed_and_part() -> None:
     from benchmarks.run import _merge_seeds
 
-    plan = {"budgets": [8, 2], "baselines": [8, 8], "targets": [0.5, 0.6]}
+    plan = {"budgets": [8, 2], "baselines": [8, 8], "targets": [0.5, 0.6], "search_schedule": "wsd"}
     old = plan | {"seeds": {"0": {"alone": "a0", "chain": "c0"}, "1": {"alone": "a1", "chain": "c1"}}}
     new = plan | {"seeds": {1: {"alone": "a1", "ablations": "x1"}}}
     merged = _merge_seeds(old, new)["seeds"]
     assert merged == {0: {"alone": "a0", "chain": "c0"}, 1: {"alone": "a1", "chain": "c1", "ablations": "x1"}}
     other = _merge_seeds(old | {"baselines": [8, 16]}, new)["seeds"]  # other budgets: the earlier seeds dropped
     assert other == {1: {"alone": "a1", "ablations": "x1"}}
+    cosine = old | {"search_schedule": None}  # an earlier search that judged the stage mid-schedule
+    assert _merge_seeds(cosine, new)["seeds"] == {1: {"alone": "a1", "ablations": "x1"}}
 
 
 def test_the_lm_regimes_share_one_held_out_tail_and_the_compute_limited_one_reads_no_window_twice() -> None:
