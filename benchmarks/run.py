@@ -543,6 +543,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, help="output directory [default: benchmarks/results/SUITE]")
     parser.add_argument("--merge", action="store_true", help="keep the other ladders of an earlier OUT/results.json")
     parser.add_argument("--report", action="store_true", help="run nothing: the report of OUT/results.json")
+    parser.add_argument(
+        "--merge-from",
+        type=Path,
+        nargs="+",
+        help="run nothing: merge the results.json of pieces run in parallel (other --out folders) into OUT's",
+    )
     parser.add_argument("--part", choices=PARTS, help="only the chain and budget search, or only the ablations")
     parser.add_argument(
         "--alone", help="comma-separated sizes: only train their baselines (kept in OUT/alone/) and stop"
@@ -582,6 +588,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["command"] = f"{old['command']}; {results['command']}"
         results["settings"]["ladders"] = tuple(dict.fromkeys([*old["settings"]["ladders"], *suite.ladders]))
         began -= old["elapsed"]
+    if args.merge_from:  # pieces run side by side, each in its own folder: one results file
+        results = json.loads(earlier.read_text()) if earlier.exists() else results | {"command": ""}
+        if not earlier.exists():
+            results["settings"]["ladders"] = []
+        for path in args.merge_from:
+            piece = json.loads(path.read_text())
+            for name, ladder in piece["ladders"].items():
+                ladder = ladder | {"seeds": {int(k): v for k, v in ladder["seeds"].items()}}
+                results["ladders"][name] = _merge_seeds(results["ladders"].get(name), ladder)
+            results["command"] = f"{results['command']}; {piece['command']}".lstrip("; ")
+            results["elapsed"] = results.get("elapsed", 0.0) + piece.get("elapsed", 0.0)
+            names = [*results["settings"]["ladders"], *piece["ladders"]]
+            results["settings"]["ladders"] = list(dict.fromkeys(names))
+        write_json(earlier, results)
+        log(f"merged {len(args.merge_from)} pieces into {earlier}")
+        return results
     if args.report:  # the pieces are merged: only the tables, plots and docs page
         from benchmarks.report import write_report
 

@@ -105,6 +105,27 @@ def test_pieces_merge_by_seed_and_part() -> None:
     assert _merge_seeds(cosine, new)["seeds"] == {1: {"alone": "a1", "ablations": "x1"}}
 
 
+def test_pieces_run_in_parallel_folders_merge_into_one_results_file(tmp_path) -> None:
+    plan = {"budgets": [8, 2], "baselines": [8, 8], "targets": [0.5, 0.6], "search_schedule": "wsd"}
+    for seed in (0, 1):
+        piece = {"command": f"piece {seed}", "settings": {"ladders": ["x"]}, "ladders": {"x": plan | {"seeds": {}}}}
+        piece["ladders"]["x"]["seeds"] = {str(seed): {"chain": f"c{seed}"}}
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "results.json").write_text(json.dumps(piece))
+    main(
+        [
+            "--out",
+            str(tmp_path / "all"),
+            "--merge-from",
+            str(tmp_path / "s0/results.json"),
+            str(tmp_path / "s1/results.json"),
+        ]
+    )
+    merged = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert merged["ladders"]["x"]["seeds"] == {"0": {"chain": "c0"}, "1": {"chain": "c1"}}
+    assert merged["command"].endswith("piece 0; piece 1") and merged["settings"]["ladders"] == ["x"]
+
+
 def test_the_lm_regimes_share_one_held_out_tail_and_the_compute_limited_one_reads_no_window_twice() -> None:
     limited, unlimited = LADDERS["llama-data-limited"], LADDERS["llama-compute-limited"]
     (few, held_out), (many, same) = (
