@@ -317,18 +317,18 @@ class Stage:
         waits until the stage has trained as many steps again (evaluations in
         between are of the stage itself), so the branches cost at most the
         stage's own steps and their spacing grows by ``1 / (1 - decay)``. A
-        branch that falls short is undone (weights, optimiser, schedule, data position and
-        RNG): the stage goes on as if it had not run, and its steps are counted
-        in ``record["branch_steps"]``, not in the ledger.
+        branch that falls short is undone (weights, optimiser, schedule, data
+        position and RNG): the stage goes on as if it had not run, and its
+        steps are counted in ``record["branch_steps"]``, not in the ledger.
         """
         start, decay = self.step, self.optim.decay
         steps = max(int(round(start * decay / (1.0 - decay))), 1)
         self.next_branch = start + steps
         self.branch_origin = self._branch_state()
-        peak, floor, lambdas = self.sched.lr_lambdas[0](start), self.optim.min_lr_ratio, self.sched.lr_lambdas
+        now, floor, lambdas = self.sched.lr_lambdas[0](start), self.optim.min_lr_ratio, self.sched.lr_lambdas
 
         def branch(s: int) -> float:  # linear to the floor, every step below the start and above the floor
-            return floor + (peak - floor) * (1.0 - (s + 1 - start) / (steps + 1))
+            return floor + (now - floor) * (1.0 - (s + 1 - start) / (steps + 1))
 
         self.sched.lr_lambdas = [branch] * len(lambdas)
         for group, base in zip(self.opt.param_groups, self.sched.base_lrs):
@@ -357,7 +357,7 @@ class Stage:
         }
 
     def _restore_branch(self, state: dict[str, Any]) -> None:
-        self.trainee.load(self.opt, copy.deepcopy(state["trainee"]))
+        self.trainee.load(self.opt, state["trainee"])  # a state loaded once: it may share its tensors
         if self.transfer is not None:
             self.transfer.load_state_dict(state["transfer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -371,7 +371,7 @@ class Stage:
     def branch_start_copy(self) -> nn.Module:
         """A plain copy of the student where the running decay branch began (for ``grow_from="pre_decay"``)."""
         branch = copy.deepcopy(self.trainee.state(self.opt))
-        self.trainee.load(self.opt, copy.deepcopy(self.branch_origin["trainee"]))
+        self.trainee.load(self.opt, self.branch_origin["trainee"])
         try:
             return self.trainee.copy().eval()
         finally:
