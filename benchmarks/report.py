@@ -131,7 +131,8 @@ def _with_search(run: dict[str, Any]) -> float:
     """The matched-quality ratio with the dropped decay branches counted too: the search's own cost."""
     report = run["search_report"]
     extra = sum(s.get("branch_steps", 0) * s["flops"] / s["steps"] for s in run["search"][1:] if s["steps"])
-    return report["independent_flops"] / (report["chain_flops"] + extra)
+    independent = report["acceleration_ratio"] * report["chain_flops"]  # older results keep only the ratio
+    return independent / (report["chain_flops"] + extra)
 
 
 def ablation_rows(ladder: dict[str, Any]) -> list[dict[str, Any]]:
