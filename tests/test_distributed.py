@@ -157,7 +157,8 @@ def _worker(rank: int, size: int, port: int, scenario: str, out: str) -> None:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     result: dict = {}
-    if scenario in ("teacher", "evaluation"):  # no Chain.fit to start the process group
+    # no Chain.fit to start the process group, or two in a row (which would each start and end one on one port)
+    if scenario in ("teacher", "evaluation") or scenario.startswith("branches-"):
         dist.init_process_group("gloo")
     try:
         train, val = digits_loaders(batch_size=PER_RANK_BATCH)
