@@ -324,7 +324,7 @@ class Stage:
         start, decay = self.step, self.optim.decay
         steps = max(int(round(start * decay / (1.0 - decay))), 1)
         self.next_branch = start + steps
-        self.branch_origin = self._branch_state()
+        self.branch_origin = copy.deepcopy(self.state_dict())  # what a resumed stage loads: all a branch changes
         now, floor, lambdas = self.sched.lr_lambdas[0](start), self.optim.min_lr_ratio, self.sched.lr_lambdas
 
         def branch(s: int) -> float:  # linear to the floor, every step below the start and above the floor
@@ -340,38 +340,17 @@ class Stage:
         self.sched.lr_lambdas = lambdas
         self.evaluate(decay_from=start)
         if not self.reached:
-            self._restore_branch(self.branch_origin)
+            val = self.record["val"]
+            self.load_state_dict(self.branch_origin)
+            self.record["val"] = val  # the branch's evaluation stays in the history
             self.branched += steps
             self._clock += seconds  # the search's time, not the stage's
         self.branch_origin = None
 
-    def _branch_state(self) -> dict[str, Any]:
-        return {
-            "trainee": copy.deepcopy(self.trainee.state(self.opt)),
-            "transfer": copy.deepcopy(self.transfer.state_dict()) if self.transfer is not None else {},
-            "scheduler": self.sched.state_dict(),
-            "scaler": copy.deepcopy(self.amp.state_dict()) if self.amp.scaler is not None else {},
-            "stream": self.stream.state(),
-            "rng": torch.get_rng_state(),
-            "counts": (self.step, self.samples, len(self.losses), len(self.transfer_losses), list(self.skipped)),
-        }
-
-    def _restore_branch(self, state: dict[str, Any]) -> None:
-        self.trainee.load(self.opt, state["trainee"])  # a state loaded once: it may share its tensors
-        if self.transfer is not None:
-            self.transfer.load_state_dict(state["transfer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.amp.load_state_dict(state["scaler"])
-        self.stream.restore(state["stream"])
-        torch.set_rng_state(state["rng"])
-        self.step, self.samples, losses, transfer_losses, self.skipped = state["counts"]
-        del self.losses[losses:], self.transfer_losses[transfer_losses:]
-        self.student.train()
-
     def branch_start_copy(self) -> nn.Module:
         """A plain copy of the student where the running decay branch began (for ``grow_from="pre_decay"``)."""
         branch = copy.deepcopy(self.trainee.state(self.opt))
-        self.trainee.load(self.opt, self.branch_origin["trainee"])
+        self.trainee.load(self.opt, self.branch_origin)
         try:
             return self.trainee.copy().eval()
         finally:
