@@ -114,7 +114,8 @@ LADDERS: dict[str, Ladder] = {
 # Fashion-MNIST, data-limited: 10,000 training images (78 batches of 128 an epoch), many epochs; every
 # evaluation is the whole 10,000-image test set. Baselines at their knee among 156, 312, 624, 1248 steps
 # (2, 4, 8, 16 epochs; the ResNets on to 4,992, 64 epochs: at 1,248 none had reached it); chain budgets in the
-# paper's proportions of each model's knee. Timing probe, 2 shared cores (2026-12-02), a step of 128 / an evaluation of the test set: ViT 64x2 0.39 s / 11 s, 80x3 0.82 s / 21 s,
+# paper's proportions of each model's knee. Timing probe, 2 shared cores (2026-12-02), a step of 128 / an
+# evaluation of the test set: ViT 64x2 0.39 s / 11 s, 80x3 0.82 s / 21 s,
 # 96x4 1.14 s / 24 s, 128x5 1.23 s / 38 s; ResNet 16x1 0.10 s / 2.3 s, 16x2 0.25 s / 5.4 s, 24x2 0.40 s / 7.1 s.
 # Hence, per seed, every budget of one size's knee search: ViT 64x2 19 min, 80x3 39, 96x4 52, 128x5 61; ResNet
 # 16x1 5, 16x2 12, 24x2 18. With the baselines kept, a chain + budget search + ablations on fashion-vit-3 is
@@ -553,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--alone", help="comma-separated sizes: only train their baselines (kept in OUT/alone/) and stop"
     )
+    parser.add_argument("--knee", type=int, help="at most this many doublings of the knee search [the ladder's]")
     parser.add_argument(
         "--docs", type=Path, nargs="?", const=Path("docs"), help="also write DOCS/benchmarks.md and its plots [docs]"
     )
@@ -567,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         suite = attrs.evolve(suite, seeds=tuple(int(s) for s in args.seeds.split(",")))
     if args.part:
         suite = attrs.evolve(suite, parts=(args.part,))
+    if args.knee is not None:
+        suite = attrs.evolve(suite, knee=args.knee)
     if args.baseline_seeds:
         suite = attrs.evolve(suite, baseline_seeds=tuple(int(s) for s in args.baseline_seeds.split(",")))
     out = args.out or Path("benchmarks/results") / args.suite
@@ -589,15 +593,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["settings"]["ladders"] = tuple(dict.fromkeys([*old["settings"]["ladders"], *suite.ladders]))
         began -= old["elapsed"]
     if args.merge_from:  # pieces run side by side, each in its own folder: one results file
-        results = json.loads(earlier.read_text()) if earlier.exists() else results | {"command": ""}
-        if not earlier.exists():
-            results["settings"]["ladders"] = []
+        if earlier.exists():
+            results = json.loads(earlier.read_text())
+        else:
+            results["command"], results["settings"]["ladders"] = "", []
         for path in args.merge_from:
             piece = json.loads(path.read_text())
             for name, ladder in piece["ladders"].items():
                 ladder = ladder | {"seeds": {int(k): v for k, v in ladder["seeds"].items()}}
                 results["ladders"][name] = _merge_seeds(results["ladders"].get(name), ladder)
-            results["command"] = f"{results['command']}; {piece['command']}".lstrip("; ")
+            results["command"] = "; ".join(c for c in (results["command"], piece["command"]) if c)
             results["elapsed"] = results.get("elapsed", 0.0) + piece.get("elapsed", 0.0)
             names = [*results["settings"]["ladders"], *piece["ladders"]]
             results["settings"]["ladders"] = list(dict.fromkeys(names))
