@@ -300,14 +300,16 @@ def render(results: dict[str, Any], images: str) -> str:
     lines = [
         START,
         "",
-        f"Suite `{results['suite']}`, run on {m['date']} on {m['processor']} ({m['cpu_count']} cores, "
+        f"Suite `{results['suite']}` on {m['processor']} ({m['cpu_count']} cores, "
         f"{m['threads']} torch threads, {m['platform']}, torch {m['torch']}), "
-        f"seeds {results['settings']['seeds']}, {results['elapsed'] / 60:.0f} minutes in all. Reproduce with:",
+        f"seeds {sorted({int(s) for ladder in results['ladders'].values() for s in ladder['seeds']})}, "
+        f"{results['elapsed'] / 60:.0f} minutes in all, each ladder on the date in its row. Reproduce with "
+        "(pieces merged in this order):",
         "",
-        f"```bash\n.venv/bin/{results['command']}\n```",
+        "```bash\n" + "\n".join(f".venv/bin/{c}" for c in results["command"].split("; ")) + "\n```",
         "",
-        "| family | models | fixed-budget ratio (FLOPs, paper proportions) | wall-time ratio | paper (CC3M) | target | grown models matched | matched-quality ratio |",
-        "|---|:-:|---:|---:|---:|---:|:-:|---:|",
+        "| family | run on | models | fixed-budget ratio (FLOPs, paper proportions) | wall-time ratio | paper (CC3M) | target | grown models matched | matched-quality ratio |",
+        "|---|---|:-:|---:|---:|---:|---:|:-:|---:|",
     ]
     for name, ladder in results["ladders"].items():
         _, family = family_rows(ladder)
@@ -319,7 +321,7 @@ def render(results: dict[str, Any], images: str) -> str:
         reached = f"{len(matched['ratio'])}/{matched['seeds']} seeds"
         searched = f"{_pm(matched['ratio'], 2)}x ({reached})" if matched["ratio"] else f"not reached ({reached})"
         lines.append(
-            f"| {name} | {n} | {_pm(family['ratio'], 2)}x | {_pm(family['wall_ratio'], 2)}x | {paper} | {verdict} | "
+            f"| {name} | {ladder.get('date', m['date'])} | {n} | {_pm(family['ratio'], 2)}x | {_pm(family['wall_ratio'], 2)}x | {paper} | {verdict} | "
             f"{'yes' if family['matched'] else 'no'} | {searched} |"
         )
     lines.append("")

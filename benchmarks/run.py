@@ -425,6 +425,7 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
     metric = alone[suite.seeds[0]][0].report_["metric"]
     targets = [statistics.mean(alone[s][i].report_["models"][0][metric] for s in alone) for i in range(len(names))]
     result: dict[str, Any] = {"sizes": ladder.sizes, "budgets": budgets, "baselines": base, "eval_every": every}
+    result["date"] = datetime.date.today().isoformat()  # ladders of one results file may come from other days
     result["search_schedule"] = "wsd"  # the budget search evaluates decayed branches
     result |= {"knees": knees, "seeds": {}}
     if ladder.knee:

@@ -30,6 +30,7 @@ def test_every_ladder_runs_both_ways_with_a_budget_search(quick) -> None:
         assert len(runs["alone"]) == len(runs["chain"]) == len(runs["search"]) == sizes
         assert runs["chain_report"]["acceleration_ratio"] > 1
         assert ladder["search_schedule"] == "wsd"  # the search judges decayed branches
+        assert ladder["date"] == results["machine"]["date"]  # merged ladders keep the day they ran
         for cap, stage in zip(ladder["baselines"][1:], runs["search"][1:]):  # at its target or its baseline's budget
             assert stage["steps"] == cap or stage["reached"]
             assert stage["branch_steps"] <= stage["steps"]  # the dropped branches cost at most the stage
@@ -77,6 +78,8 @@ def test_docs_page_keeps_its_prose_and_gets_tables_and_plots(quick) -> None:
     page = (quick / "docs" / "benchmarks.md").read_text()
     assert page.startswith("# Benchmarks\n\nintro\n\n" + START) and page.endswith(END + "\n\ndiscussion\n")
     assert "old results" not in page
+    date = json.loads((quick / "out" / "results.json").read_text())["machine"]["date"]
+    assert f"| fashion-vit-3 | {date} | 3 |" in page
     for name in SUITES["quick"].ladders:
         assert f"### {name}:" in page and (quick / "docs" / "img" / "benchmarks" / f"{name}.png").exists()
     assert "Baselines at their knee" in page and "### Ablations on fashion-vit-3" in page
