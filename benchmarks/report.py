@@ -321,7 +321,7 @@ def render(results: dict[str, Any], images: str) -> str:
         reached = f"{len(matched['ratio'])}/{matched['seeds']} seeds"
         searched = f"{_pm(matched['ratio'], 2)}x ({reached})" if matched["ratio"] else f"not reached ({reached})"
         lines.append(
-            f"| {name} | {ladder.get('date', m['date'])} | {n} | {_pm(family['ratio'], 2)}x | {_pm(family['wall_ratio'], 2)}x | {paper} | {verdict} | "
+            f"| {name} | {ladder.get('date', '–')} | {n} | {_pm(family['ratio'], 2)}x | {_pm(family['wall_ratio'], 2)}x | {paper} | {verdict} | "
             f"{'yes' if family['matched'] else 'no'} | {searched} |"
         )
     lines.append("")

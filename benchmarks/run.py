@@ -114,12 +114,11 @@ LADDERS: dict[str, Ladder] = {
 # Fashion-MNIST, data-limited: 10,000 training images (78 batches of 128 an epoch), many epochs; every
 # evaluation is the whole 10,000-image test set. Baselines at their knee among 156, 312, 624, 1248 steps
 # (2, 4, 8, 16 epochs; the ResNets on to 4,992, 64 epochs: at 1,248 none had reached it); chain budgets in the
-# paper's proportions of each model's knee. Timing probe, 2 shared cores (2026-12-02), a step of 128 / an
-# evaluation of the test set: ViT 64x2 0.39 s / 11 s, 80x3 0.82 s / 21 s,
-# 96x4 1.14 s / 24 s, 128x5 1.23 s / 38 s; ResNet 16x1 0.10 s / 2.3 s, 16x2 0.25 s / 5.4 s, 24x2 0.40 s / 7.1 s.
-# Hence, per seed, every budget of one size's knee search: ViT 64x2 19 min, 80x3 39, 96x4 52, 128x5 61; ResNet
-# 16x1 5, 16x2 12, 24x2 18. With the baselines kept, a chain + budget search + ablations on fashion-vit-3 is
-# about 2.3 h a seed at worst (no target reached): docs/benchmarks.md splits it into pieces.
+# paper's proportions of each model's knee. Measured 2026-12-02, two pieces side by side with OMP_NUM_THREADS=1:
+# 1,248 steps alone, four evaluations of the test set included, ViT 64x2 124 s, 80x3 206 s, 96x4 345 s, 128x5
+# 922-948 s; every budget of the ViT knee search 47-48 min a seed for all four sizes; a 3-ViT chain with its
+# budget search 21-25 min a seed (ResNet: 0.10 / 0.25 / 0.40 s a step, a chain 8-15 min a seed).
+# docs/benchmarks.md splits the suite into pieces.
 _FASHION = {"loaders": fashion_mnist_loaders, "train_size": 10_000, "knee": 3, "val_batches": None}
 LADDERS |= {
     "fashion-vit-3": Ladder(

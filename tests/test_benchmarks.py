@@ -30,7 +30,7 @@ def test_every_ladder_runs_both_ways_with_a_budget_search(quick) -> None:
         assert len(runs["alone"]) == len(runs["chain"]) == len(runs["search"]) == sizes
         assert runs["chain_report"]["acceleration_ratio"] > 1
         assert ladder["search_schedule"] == "wsd"  # the search judges decayed branches
-        assert ladder["date"] == results["machine"]["date"]  # merged ladders keep the day they ran
+        assert ladder["date"] == results["machine"]["date"]  # each ladder is dated: results files merge days
         for cap, stage in zip(ladder["baselines"][1:], runs["search"][1:]):  # at its target or its baseline's budget
             assert stage["steps"] == cap or stage["reached"]
             assert stage["branch_steps"] <= stage["steps"]  # the dropped branches cost at most the stage
