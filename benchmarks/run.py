@@ -15,8 +15,10 @@ then the **budget search** (each grown model trained until it
 reaches the mean final metric of its baseline, capped at the baseline budget:
 the time to target) and, on the ablated ladders, the grown stages again under
 other settings (initialisation, transfer, learning rate after growth, no
-middle model). Ablation runs reuse the chain's trained first model, so they
-differ from one another only in what they ablate.
+middle model). The first model is trained once a seed, exactly as its
+baseline is (same seed, steps and evaluations, so the same weights), and the
+chain, its budget search and the ablations all grow from it, so they differ
+from one another only in what they ablate.
 
 Everything lands in ``--out`` (``results.json``, ``benchmarks.md``, plots);
 ``--docs`` also writes the generated part of ``docs/benchmarks.md`` and its
@@ -119,7 +121,7 @@ LADDERS: dict[str, Ladder] = {
 # 922-948 s; every budget of the ViT knee search 47-48 min a seed for all four sizes; a 3-ViT chain with its
 # budget search 21-25 min a seed (ResNet: 0.10 / 0.25 / 0.40 s a step, a chain 8-15 min a seed).
 # docs/benchmarks.md splits the suite into pieces.
-_FASHION = {"loaders": fashion_mnist_loaders, "train_size": 10_000, "knee": 3, "val_batches": None}
+_FASHION = {"loaders": fashion_mnist_loaders, "train_size": 10_000, "knee": 5, "val_batches": None}
 LADDERS |= {
     "fashion-vit-3": Ladder(
         "fashion-vit-3", "fashion-vit", ("64x2", "80x3", "96x4"), (156, 29, 20), 26, options=True, **_FASHION
@@ -128,7 +130,7 @@ LADDERS |= {
         "fashion-vit-4", "fashion-vit", ("64x2", "80x3", "96x4", "128x5"), (156, 29, 20, 20), 26, **_FASHION
     ),
     "fashion-resnet-3": Ladder(
-        "fashion-resnet-3", "fashion-resnet", ("16x1", "16x2", "24x2"), (156, 29, 20), 26, **(_FASHION | {"knee": 5})
+        "fashion-resnet-3", "fashion-resnet", ("16x1", "16x2", "24x2"), (156, 29, 20), 26, **_FASHION
     ),
 }
 
@@ -334,7 +336,7 @@ class Stored:
 def _alone(ladder: Ladder, suite: Suite, data: Loaders, size: str, seed: int, budget: int, out: Path, log: Callable):
     """``size`` trained alone for ``budget`` steps: from ``OUT/alone/`` when an earlier piece trained it."""
     spec = RECIPES[ladder.recipe]
-    every = max(budget // 4, 1) if ladder.knee else 2 * max(int(round(ladder.eval_every * suite.scale)), 1)
+    every = _alone_every(ladder, suite, budget)
     limits = (ladder.batch_size, ladder.val_batches, suite.val_batches, ladder.train_size, suite.train_size, every)
     limits += (suite.batch_size, suite.val_size, spec.lr)
     path = (
@@ -350,6 +352,11 @@ def _alone(ladder: Ladder, suite: Suite, data: Loaders, size: str, seed: int, bu
         f"{ladder.name} seed {seed}: {ladder.recipe}-{size} alone, {budget} steps ({time.perf_counter() - start:.0f} s)"
     )
     return chain
+
+
+def _alone_every(ladder: Ladder, suite: Suite, budget: int) -> int:
+    """How often a run alone is evaluated: four times on the knee ladders (only its end is compared)."""
+    return max(budget // 4, 1) if ladder.knee else 2 * max(int(round(ladder.eval_every * suite.scale)), 1)
 
 
 def _std(values: Sequence[float]) -> float:
@@ -435,18 +442,26 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
         models = [_seeded_model(ladder.recipe, size, seed) for size in ladder.sizes]
         runs: dict[str, Any] = {"alone": [_summary(c)[0] for c in alone[seed]]}
         run_with = {"names": names, "eval_every": every, "seed": seed, **common}
+        # The first model as its baseline trains (same seed, steps and evaluations): the same model, which
+        # the chain, its budget search and the ablations grow from; checked against the baseline's metric.
+        lone = {"names": names[:1], "eval_every": _alone_every(ladder, suite, base[0])}
+        trained = _run(models[:1], *data, budgets=budgets[:1], **(run_with | lone))
+        first = trained.models_[0]
+        same = _summary(trained)[0]["metric"] == runs["alone"][0]["metric"]
+        log(f"{ladder.name} seed {seed}: first model ({time.perf_counter() - start:.0f} s, its baseline's: {same})")
+        grown = {"baseline_budget": base[0], "first_trained": True, "seed": seed}
         if "chain" in suite.parts:
-            chain = _run(models, *data, budgets=budgets, **run_with)
-            runs |= {"chain": _summary(chain), "chain_report": _ratio(runs["alone"], chain)}
+            start = time.perf_counter()
+            chain = _run([first, *models[1:]], *data, **(run_with | grown | {"budgets": [0, *budgets[1:]]}))
+            runs |= {
+                "chain": [_summary(trained)[0], *_summary(chain)[1:]],
+                "chain_report": _ratio(runs["alone"], chain),
+            }
             if seed == suite.seeds[0]:
                 plot(chain, alone[seed], out / f"{ladder.name}.png")
-            first = chain.models_[0]
-        else:  # the chain's first stage alone: the same steps, so the same model
-            first = _run(models[:1], *data, budgets=budgets[:1], **(run_with | {"names": names[:1]})).models_[0]
-        log(f"{ladder.name} seed {seed}: chain ({time.perf_counter() - start:.0f} s)")
+            log(f"{ladder.name} seed {seed}: chain ({time.perf_counter() - start:.0f} s)")
 
-        # The grown stages again, from the chain's trained first model: same data, other settings.
-        grown = {"baseline_budget": base[0], "first_trained": True, "seed": seed}
+        # The grown stages again, from the same trained first model: same data, other settings.
         if "chain" in suite.parts:
             start = time.perf_counter()
             search = _run(  # under WSD: each evaluation is of a decayed branch, as a run told to stop there ends

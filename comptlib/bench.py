@@ -161,14 +161,17 @@ def curves(chain: Chain, alone: Sequence[Chain]) -> dict[str, list[tuple[float, 
     """Validation metric against cumulative training FLOPs: the chain's models, and each model alone.
 
     A chain model's curve starts where the chain had spent everything before
-    its stage, which is what it cost to get there.
+    its stage, which is what it cost to get there; a first model trained
+    elsewhere (``first_trained``) is one point, at what the ledger counts for it.
     """
     metric = chain.report_["metric"]
     out: dict[str, list[tuple[float, float]]] = {}
     spent = 0.0
-    for record in chain.history_:
-        total = record["flops"]
-        points = [(spent + total * v["step"] / max(record["steps"], 1), v[metric]) for v in record["val"]]
+    for record, row in zip(chain.history_, chain.report_["models"]):
+        total = row["flops"]
+        points = [
+            (spent + total * (v["step"] / record["steps"] if record["steps"] else 1), v[metric]) for v in record["val"]
+        ]
         out[f"chain: {record['name']}"] = points
         spent += total
     for lone in alone:

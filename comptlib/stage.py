@@ -142,17 +142,21 @@ class Stage:
         """Evaluate on the validation loader (if any) into ``record["val"]``; a pause of the stage's clock.
 
         ``extra`` goes into the record's entry beside the metrics (a decay branch's ``decay_from``).
+        The global RNG is put back afterwards: iterating a loader draws from it (its workers' base seed),
+        and augmentation draws from it too, so without that how often a stage evaluates would change
+        what it trains on.
         """
         if self.val_loader is None:
             return
         paused = time.perf_counter()
         loader, count = shard_eval(self.val_loader, self.world) if self.family.sample_means else (self.val_loader, None)
-        if model is None:  # mid-stage: the training student (sharded: each block gathered for its forward)
-            with self.trainee.gathered() as model:
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if model is None:  # mid-stage: the training student (sharded: each block gathered for its forward)
+                with self.trainee.gathered() as model:
+                    metrics = self.family.evaluate(model, loader, self.device)
+                self.student.train()
+            else:
                 metrics = self.family.evaluate(model, loader, self.device)
-            self.student.train()
-        else:
-            metrics = self.family.evaluate(model, loader, self.device)
         metrics = self.world.mean_metrics(metrics, count)  # count: this rank's share of the samples
         self.record["val"].append({"step": self.step, **metrics, **extra})
         self._clock += time.perf_counter() - paused

@@ -29,6 +29,8 @@ def test_every_ladder_runs_both_ways_with_a_budget_search(quick) -> None:
         sizes = len(LADDERS[name].sizes)
         assert len(runs["alone"]) == len(runs["chain"]) == len(runs["search"]) == sizes
         assert runs["chain_report"]["acceleration_ratio"] > 1
+        same = ("metric", "steps", "flops", "curve")  # the chain grows from its first model's baseline itself
+        assert [runs["chain"][0][k] for k in same] == [runs["alone"][0][k] for k in same]
         assert ladder["search_schedule"] == "wsd"  # the search judges decayed branches
         assert ladder["date"] == results["machine"]["date"]  # each ladder is dated: results files merge days
         for cap, stage in zip(ladder["baselines"][1:], runs["search"][1:]):  # at its target or its baseline's budget

@@ -9,6 +9,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import VisionTransformer
 
 from comptlib import Chain, FeatureMSE
+from comptlib.bench import curves
+from comptlib.checkpoint import weights_hash
+from comptlib.data import Images
 from comptlib.families.vit import build_vit, evaluate_classifier
 
 
@@ -220,3 +223,30 @@ def test_no_growth_keeps_the_students_own_init(digits) -> None:
     fresh = evaluate_classifier(models[1], val, torch.device("cpu"))
     assert chain.history_[1]["val"][0] == {"step": 0, **fresh}
     assert chain.history_[1]["transfer_loss"]  # still distilled from its predecessor, through a projector
+
+
+def test_how_often_a_stage_evaluates_does_not_change_what_it_trains() -> None:
+    """Iterating the held-out loader draws from the global RNG, which augmentation also uses."""
+    gen = torch.Generator().manual_seed(0)
+    images = TensorDataset(
+        torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=gen), torch.arange(64) % 10
+    )
+    train = DataLoader(Images(images, augment=True), batch_size=16, shuffle=True, generator=torch.Generator())
+    val = DataLoader(Images(images), batch_size=32)
+
+    def trained(eval_every: int) -> str:
+        torch.manual_seed(0)
+        chain = Chain([build_vit(16, 1)], budgets=[12], unit="steps", eval_every=eval_every, progress=False)
+        return weights_hash(chain.fit(train, val).models_[0])
+
+    assert trained(2) == trained(12) == trained(0)
+
+
+def test_a_pretrained_first_model_is_plotted_at_the_cost_the_ledger_counts(digits) -> None:
+    train, val = digits
+    first = Chain(family()[:1], budgets=[10], unit="steps", progress=False).fit(train, val)
+    settings = {"unit": "steps", "eval_every": 5, "progress": False, "first_trained": True, "baseline_budget": 10}
+    chain = Chain([first.models_[0], family()[1]], budgets=[0, 5], **settings).fit(train, val)
+    trained, grown = curves(chain, []).values()
+    assert trained == [(first.report_["chain_flops"], first.history_[0]["val"][-1]["accuracy"])]
+    assert [x for x, _ in grown] == [first.report_["chain_flops"], chain.report_["chain_flops"]]
