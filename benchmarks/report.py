@@ -101,9 +101,16 @@ def family_rows(ladder: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str,
     return rows, family
 
 
-def search_rows(ladder: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Time to target: per grown model, steps and FLOPs until it reached its baseline's mean final metric."""
+def search_rows(ladder: dict[str, Any], label: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Time to target: per grown model, steps and FLOPs until it reached its baseline's mean final metric.
+
+    ``label``: the search ablation of that name instead of the budget search.
+    """
     runs = _seed_runs(ladder)
+    if label is not None:
+        runs = [
+            r["search_ablations"][label] | {"alone": r["alone"]} for r in runs if label in r.get("search_ablations", {})
+        ]
     rows = []
     for i in range(1, len(ladder["sizes"])):
         stages = [r["search"][i] for r in runs]
@@ -238,6 +245,35 @@ def _ablation_section(name: str, ladder: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _search_ablation_section(name: str, ladder: dict[str, Any]) -> list[str]:
+    """The budget search again under other settings, each judged by its steps to target."""
+    runs = _seed_runs(ladder)
+    labels = list(dict.fromkeys(k for r in runs for k in r.get("search_ablations", {})))
+    grown = ladder["sizes"][1:]
+    lines = [
+        f"### Budget search under other settings on {name}",
+        "",
+        "Steps each grown model needed to reach its baseline's mean final "
+        f"{ladder['metric']} (mean ± std over the seeds that reached it), from the same trained first model, "
+        "same batches; the first row is the budget search above. The ratio is the matched-quality one.",
+        "",
+        "| setting | seeds | " + " | ".join(f"{g} steps to target" for g in grown) + " | matched-quality ratio "
+        "| with dropped branches |",
+        "|---|:-:|" + "---:|" * len(grown) + "---:|---:|",
+    ]
+    for label in [None, *labels]:
+        rows, family = search_rows(ladder, label)
+        steps = [f"{_pm(r['steps'], 0)} ({r['reached']}/{r['seeds']})" if r["steps"] else "not reached" for r in rows]
+        ratio = f"{_pm(family['ratio'], 2)}x" if family["ratio"] else "–"
+        branches = f"{_pm(family['with_search'], 2)}x" if family["with_search"] else "–"
+        lines.append(
+            f"| {label or 'default (the budget search)'} | {family['seeds']} | "
+            + " | ".join(steps)
+            + f" | {ratio} | {branches} |"
+        )
+    return [*lines, ""]
+
+
 PAIRS = (("vit-3", "vit-4"), ("fashion-vit-3", "fashion-vit-4"))
 """A 3-model ladder and the 4-model one that adds a model to it."""
 
@@ -330,6 +366,8 @@ def render(results: dict[str, Any], images: str) -> str:
         lines += _knee_section(name, ladder, f"{images}/{name}-knee.png")
         if "ablations" in next(iter(ladder["seeds"].values())):
             lines += _ablation_section(name, ladder) + _middle_section(name, ladder)
+        if any("search_ablations" in r for r in _seed_runs(ladder)):
+            lines += _search_ablation_section(name, ladder)
     for short, long in PAIRS:
         lines += _prepend_section(results, short, long)
     return "\n".join([*lines, END, ""])

@@ -81,8 +81,17 @@ class Ladder:
             raise ValueError(f"ladder {self.name}: {len(self.budgets)} budgets for {len(self.sizes)} sizes")
 
 
-PARTS = ("chain", "ablations")
-"""After the baselines: the chain and its budget search; the ablations. A piece may run one of them."""
+PARTS = ("chain", "ablations", "search-ablations")
+"""After the baselines: the chain and its budget search; the ablations (fixed budgets); the budget search
+under other settings (judged by steps to target). A piece may run one of them."""
+
+SEARCH_ABLATIONS: dict[str, dict[str, Any]] = {
+    "grown LR x0.5": {"grown_lr_scale": 0.5},
+    "grown LR x0.25": {"grown_lr_scale": 0.25},
+}
+"""Budget searches under other grown-stage settings, on the ``options`` ladders. Re-warmed to the full
+peak, a grown ViT of fashion-vit-3 falls 3-5 points below what it inherited and climbs back only as its
+rate decays; a lower peak keeps more of the head start."""
 
 
 @attrs.frozen
@@ -99,6 +108,7 @@ class Suite:
     parts: tuple[str, ...] = PARTS  # what runs after the baselines
     batch_size: int | None = None  # caps the ladders' batch size (smoke runs only)
     val_size: int | None = None  # held-out examples kept of each evaluated batch (smoke runs only)
+    rows: tuple[str, ...] | None = None  # the search ablations run (default: all of them)
 
 
 # Widths double at each step, as in the paper (ViT-T/S/B: 192/384/768); the largest model costs
@@ -473,6 +483,24 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
             runs |= {"search": _summary(search), "search_report": _ratio(runs["alone"], search)}
             log(f"{ladder.name} seed {seed}: budget search ({time.perf_counter() - start:.0f} s)")
 
+        if ladder.options and "search-ablations" in suite.parts:
+            runs["search_ablations"] = {}
+            for label, settings in SEARCH_ABLATIONS.items():
+                if suite.rows is not None and label not in suite.rows:
+                    continue
+                start = time.perf_counter()
+                search = _run(
+                    [first, *models[1:]],
+                    *data,
+                    targets=[None, *targets[1:]],
+                    **(run_with | grown | {"budgets": [0, *base[1:]], "schedule": "wsd"} | settings),
+                )
+                runs["search_ablations"][label] = {
+                    "search": _summary(search),
+                    "search_report": _ratio(runs["alone"], search),
+                }
+                log(f"{ladder.name} seed {seed}: budget search, {label} ({time.perf_counter() - start:.0f} s)")
+
         if (ladder.ablate or ladder.options) and "ablations" in suite.parts:
             runs["ablations"] = {}
             for label, settings in ablations(spec.family, ladder.options).items():
@@ -565,10 +593,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         nargs="+",
         help="run nothing: merge the results.json of pieces run in parallel (other --out folders) into OUT's",
     )
-    parser.add_argument("--part", choices=PARTS, help="only the chain and budget search, or only the ablations")
+    parser.add_argument(
+        "--part", choices=PARTS, help="only the chain and budget search, the ablations or the search ablations"
+    )
     parser.add_argument(
         "--alone", help="comma-separated sizes: only train their baselines (kept in OUT/alone/) and stop"
     )
+    parser.add_argument("--rows", help="the search ablations run, by label, separated by ';' [all]")
     parser.add_argument("--knee", type=int, help="at most this many doublings of the knee search [the ladder's]")
     parser.add_argument(
         "--docs", type=Path, nargs="?", const=Path("docs"), help="also write DOCS/benchmarks.md and its plots [docs]"
@@ -586,6 +617,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         suite = attrs.evolve(suite, parts=(args.part,))
     if args.knee is not None:
         suite = attrs.evolve(suite, knee=args.knee)
+    if args.rows:
+        rows = tuple(args.rows.split(";"))
+        if set(rows) - set(SEARCH_ABLATIONS):
+            parser.error(f"unknown rows: {'; '.join(sorted(set(rows) - set(SEARCH_ABLATIONS)))}")
+        suite = attrs.evolve(suite, rows=rows)
     if args.baseline_seeds:
         suite = attrs.evolve(suite, baseline_seeds=tuple(int(s) for s in args.baseline_seeds.split(",")))
     out = args.out or Path("benchmarks/results") / args.suite

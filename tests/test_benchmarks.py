@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks.report import END, START, write_report
-from benchmarks.run import LADDERS, SUITES, ablations, main
+from benchmarks.run import LADDERS, SEARCH_ABLATIONS, SUITES, ablations, main
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,12 @@ def test_fashion_baselines_stop_at_their_knee_and_the_chain_takes_its_budgets_fr
     assert {"schedule: wsd, grow from pre-decay", "shrink 0.5, perturb 0.01", paper} <= set(rows)
     assert "transfer: none" not in rows  # the image classifiers' default: the "default" row
     assert "init: none (distil only)" not in rows and "no middle model" in rows
+    searches = ladder["seeds"]["0"]["search_ablations"]  # the budget search again, a lower LR after growth
+    assert set(searches) == set(SEARCH_ABLATIONS)
+    for entry in searches.values():
+        assert len(entry["search"]) == len(ladder["sizes"]) and entry["search_report"]["acceleration_ratio"] > 1
+        for cap, stage in zip(ladder["baselines"][1:], entry["search"][1:]):
+            assert stage["steps"] == cap or stage["reached"]
 
 
 def test_ablations_cover_init_transfer_lr_and_the_middle_model(quick) -> None:
@@ -85,6 +91,7 @@ def test_docs_page_keeps_its_prose_and_gets_tables_and_plots(quick) -> None:
     for name in SUITES["quick"].ladders:
         assert f"### {name}:" in page and (quick / "docs" / "img" / "benchmarks" / f"{name}.png").exists()
     assert "Baselines at their knee" in page and "### Ablations on fashion-vit-3" in page
+    assert "### Budget search under other settings on fashion-vit-3" in page and "| grown LR x0.25 | 1 |" in page
     assert "### Ablations on vit-3" in page and "### Prepending a smaller model: vit-4 prepends 16x2" in page
 
 
