@@ -255,7 +255,8 @@ def _search_ablation_section(name: str, ladder: dict[str, Any]) -> list[str]:
         "",
         "Steps each grown model needed to reach its baseline's mean final "
         f"{ladder['metric']} (mean ± std over the seeds that reached it), from the same trained first model, "
-        "same batches; the first row is the budget search above. The ratio is the matched-quality one.",
+        "same batches; the first row is the budget search above (compare a row with it seed by seed where it ran on fewer). "
+        "The ratio is the matched-quality one.",
         "",
         "| setting | seeds | " + " | ".join(f"{g} steps to target" for g in grown) + " | matched-quality ratio "
         "| with dropped branches |",
@@ -263,11 +264,14 @@ def _search_ablation_section(name: str, ladder: dict[str, Any]) -> list[str]:
     ]
     for label in [None, *labels]:
         rows, family = search_rows(ladder, label)
+        seeds = ", ".join(
+            str(k) for k, r in ladder["seeds"].items() if label is None or label in r.get("search_ablations", {})
+        )
         steps = [f"{_pm(r['steps'], 0)} ({r['reached']}/{r['seeds']})" if r["steps"] else "not reached" for r in rows]
         ratio = f"{_pm(family['ratio'], 2)}x" if family["ratio"] else "–"
         branches = f"{_pm(family['with_search'], 2)}x" if family["with_search"] else "–"
         lines.append(
-            f"| {label or 'default (the budget search)'} | {family['seeds']} | "
+            f"| {label or 'default (the budget search)'} | {seeds} | "
             + " | ".join(steps)
             + f" | {ratio} | {branches} |"
         )

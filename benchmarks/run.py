@@ -124,12 +124,12 @@ LADDERS: dict[str, Ladder] = {
     ),
 }
 # Fashion-MNIST, data-limited: 10,000 training images (78 batches of 128 an epoch), many epochs; every
-# evaluation is the whole 10,000-image test set. Baselines at their knee among 156, 312, 624, 1248 steps
-# (2, 4, 8, 16 epochs; the ResNets on to 4,992, 64 epochs: at 1,248 none had reached it); chain budgets in the
-# paper's proportions of each model's knee. Measured 2026-12-02, two pieces side by side with OMP_NUM_THREADS=1:
-# 1,248 steps alone, four evaluations of the test set included, ViT 64x2 124 s, 80x3 206 s, 96x4 345 s, 128x5
-# 922-948 s; every budget of the ViT knee search 47-48 min a seed for all four sizes; a 3-ViT chain with its
-# budget search 21-25 min a seed (ResNet: 0.10 / 0.25 / 0.40 s a step, a chain 8-15 min a seed).
+# evaluation is the whole 10,000-image test set. Baselines at their knee among 156, 312, ... 4,992 steps
+# (2 to 64 epochs: at 1,248 none had reached it); chain budgets in the paper's proportions of each model's
+# knee. Measured 2026-12-02, two pieces side by side with OMP_NUM_THREADS=1: 1,248 steps alone, four
+# evaluations of the test set included, ViT 64x2 124 s, 80x3 206 s, 96x4 345 s, 128x5 922-948 s (2,496 steps:
+# 64x2 250 s, 80x3 450 s, 96x4 800 s); a 3-ViT chain with its budget search against baselines of 2,496 steps
+# 26-38 min a seed, each search ablation about 20 (ResNet: 0.10 / 0.25 / 0.40 s a step, a chain 8-15 min a seed).
 # docs/benchmarks.md splits the suite into pieces.
 _FASHION = {"loaders": fashion_mnist_loaders, "train_size": 10_000, "knee": 5, "val_batches": None}
 LADDERS |= {
