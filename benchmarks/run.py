@@ -91,7 +91,8 @@ SEARCH_ABLATIONS: dict[str, dict[str, Any]] = {
 }
 """Budget searches under other grown-stage settings, on the ``options`` ladders. Re-warmed to the full
 peak, a grown ViT of fashion-vit-3 falls 3-5 points below what it inherited and climbs back only as its
-rate decays; a lower peak keeps more of the head start."""
+rate decays. A lower peak keeps the head start, but (measured 2026-12-02, docs/benchmarks.md) reaches
+the target no sooner."""
 
 
 @attrs.frozen
