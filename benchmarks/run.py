@@ -461,6 +461,7 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
         same = _summary(trained)[0]["metric"] == runs["alone"][0]["metric"]
         log(f"{ladder.name} seed {seed}: first model ({time.perf_counter() - start:.0f} s, its baseline's: {same})")
         grown = {"baseline_budget": base[0], "first_trained": True, "seed": seed}
+
         if "chain" in suite.parts:
             start = time.perf_counter()
             chain = _run([first, *models[1:]], *data, **(run_with | grown | {"budgets": [0, *budgets[1:]]}))
@@ -472,35 +473,24 @@ def run_ladder(ladder: Ladder, suite: Suite, out: Path, log: Callable, only: Seq
                 plot(chain, alone[seed], out / f"{ladder.name}.png")
             log(f"{ladder.name} seed {seed}: chain ({time.perf_counter() - start:.0f} s)")
 
-        # The grown stages again, from the same trained first model: same data, other settings.
-        if "chain" in suite.parts:
-            start = time.perf_counter()
-            search = _run(  # under WSD: each evaluation is of a decayed branch, as a run told to stop there ends
-                [first, *models[1:]],
-                *data,
-                targets=[None, *targets[1:]],
-                **(run_with | grown | {"budgets": [0, *base[1:]], "schedule": "wsd"}),
-            )
-            runs |= {"search": _summary(search), "search_report": _ratio(runs["alone"], search)}
-            log(f"{ladder.name} seed {seed}: budget search ({time.perf_counter() - start:.0f} s)")
-
+        # The grown stages again, from the same trained first model, each until it reaches its target (or its
+        # baseline's budget), under WSD: each evaluation is of a decayed branch, as a run told to stop there ends.
+        # The budget search, then the search ablations (other settings, same data).
+        searches: dict[str | None, dict[str, Any]] = {None: {}} if "chain" in suite.parts else {}
         if ladder.options and "search-ablations" in suite.parts:
-            runs["search_ablations"] = {}
-            for label, settings in SEARCH_ABLATIONS.items():
-                if suite.rows is not None and label not in suite.rows:
-                    continue
-                start = time.perf_counter()
-                search = _run(
-                    [first, *models[1:]],
-                    *data,
-                    targets=[None, *targets[1:]],
-                    **(run_with | grown | {"budgets": [0, *base[1:]], "schedule": "wsd"} | settings),
-                )
-                runs["search_ablations"][label] = {
-                    "search": _summary(search),
-                    "search_report": _ratio(runs["alone"], search),
-                }
-                log(f"{ladder.name} seed {seed}: budget search, {label} ({time.perf_counter() - start:.0f} s)")
+            searches |= {k: v for k, v in SEARCH_ABLATIONS.items() if suite.rows is None or k in suite.rows}
+        wsd = {"budgets": [0, *base[1:]], "schedule": "wsd"}
+        for label, settings in searches.items():
+            start = time.perf_counter()
+            run = _run([first, *models[1:]], *data, targets=[None, *targets[1:]], **(run_with | grown | wsd | settings))
+            entry = {"search": _summary(run), "search_report": _ratio(runs["alone"], run)}
+            if label is None:
+                runs |= entry
+            else:
+                runs.setdefault("search_ablations", {})[label] = entry
+            log(
+                f"{ladder.name} seed {seed}: budget search{f', {label}' if label else ''} ({time.perf_counter() - start:.0f} s)"
+            )
 
         if (ladder.ablate or ladder.options) and "ablations" in suite.parts:
             runs["ablations"] = {}
