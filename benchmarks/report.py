@@ -334,6 +334,11 @@ def _middle_section(name: str, ladder: dict[str, Any]) -> list[str]:
     ]
 
 
+def _commands(results: dict[str, Any]) -> list[str]:
+    """The commands that made the results kept, ladder by ladder, each once."""
+    return list(dict.fromkeys(c for ladder in results["ladders"].values() for c in ladder["commands"]))
+
+
 def render(results: dict[str, Any], images: str) -> str:
     """The generated markdown: headline table, then per family its tables, plot and ablations."""
     m = results["machine"]
@@ -344,9 +349,9 @@ def render(results: dict[str, Any], images: str) -> str:
         f"{m['threads']} torch threads, {m['platform']}, torch {m['torch']}), "
         f"seeds {sorted({int(s) for ladder in results['ladders'].values() for s in ladder['seeds']})}, "
         f"{results['elapsed'] / 60:.0f} minutes in all, each ladder on the date in its row. Reproduce with "
-        "(pieces merged in this order):",
+        "(each ladder's pieces, in the order they were merged; a piece whose seeds were replaced is gone):",
         "",
-        "```bash\n" + "\n".join(f".venv/bin/{c}" for c in results["command"].split("; ")) + "\n```",
+        "```bash\n" + "\n".join(f".venv/bin/{c}" for c in _commands(results)) + "\n```",
         "",
         "| family | run on | models | fixed-budget ratio (FLOPs, paper proportions) | wall-time ratio | paper (CC3M) | target | grown models matched | matched-quality ratio |",
         "|---|---|:-:|---:|---:|---:|---:|:-:|---:|",

@@ -38,6 +38,7 @@ import argparse
 import datetime
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -551,7 +552,8 @@ def _merge_seeds(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, A
     seeds = {int(k): v for k, v in old["seeds"].items()} if same else {}
     for seed, runs in new["seeds"].items():  # a part rerun for a seed replaces that part only
         seeds[seed] = seeds.get(seed, {}) | runs
-    return new | {"seeds": dict(sorted(seeds.items()))}
+    commands = [*(old.get("commands", []) if same else []), *new.get("commands", [])]  # those of the seeds kept
+    return new | {"seeds": dict(sorted(seeds.items())), "commands": list(dict.fromkeys(commands))}
 
 
 def machine() -> dict[str, Any]:
@@ -624,27 +626,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - began:6.0f} s] {message}", flush=True)
 
-    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
-    results: dict[str, Any] = {"suite": args.suite, "command": command.strip(), "machine": machine(), "ladders": {}}
+    command = "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:])
+    results: dict[str, Any] = {"suite": args.suite, "machine": machine(), "ladders": {}}
     results["settings"] = attrs.asdict(suite)
     earlier = out / "results.json"
     if args.merge and earlier.exists():  # e.g. one ladder rerun: the others stay as they were
         old = json.loads(earlier.read_text())
         results["ladders"] = dict(old["ladders"])
-        results["command"] = f"{old['command']}; {results['command']}"
         results["settings"]["ladders"] = tuple(dict.fromkeys([*old["settings"]["ladders"], *suite.ladders]))
         began -= old["elapsed"]
     if args.merge_from:  # pieces run side by side, each in its own folder: one results file
         if earlier.exists():
             results = json.loads(earlier.read_text())
         else:
-            results["command"], results["settings"]["ladders"] = "", []
+            results["settings"]["ladders"] = []
         for path in args.merge_from:
             piece = json.loads(path.read_text())
             for name, ladder in piece["ladders"].items():
                 ladder = ladder | {"seeds": {int(k): v for k, v in ladder["seeds"].items()}}
                 results["ladders"][name] = _merge_seeds(results["ladders"].get(name), ladder)
-            results["command"] = "; ".join(c for c in (results["command"], piece["command"]) if c)
             results["elapsed"] = results.get("elapsed", 0.0) + piece.get("elapsed", 0.0)
             names = [*results["settings"]["ladders"], *piece["ladders"]]
             results["settings"]["ladders"] = list(dict.fromkeys(names))
@@ -662,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log(f"done: baselines of {args.alone} in {out / 'alone'}")
         return results
     for name in suite.ladders:
-        ladder = run_ladder(LADDERS[name], suite, out, log)
+        ladder = run_ladder(LADDERS[name], suite, out, log) | {"commands": [command.strip()]}
         results["ladders"][name] = _merge_seeds(results["ladders"].get(name), ladder)
         results["elapsed"] = time.perf_counter() - began
         write_json(earlier, results)  # after every ladder: a crash loses one ladder at most

@@ -23,8 +23,11 @@ def test_every_ladder_runs_both_ways_with_a_budget_search(quick) -> None:
     results = json.loads((quick / "out" / "results.json").read_text())
     assert set(results["ladders"]) == set(SUITES["quick"].ladders) >= {"fashion-vit-3", "fashion-resnet-3"}
     assert "llama-data-limited" in results["ladders"]  # the LM regimes' stdlib split
-    assert results["machine"]["cpu_count"] and results["command"].startswith("python -m benchmarks.run --suite quick")
+    assert results["machine"]["cpu_count"]
     for name, ladder in results["ladders"].items():
+        assert ladder["commands"] == [
+            f"python -m benchmarks.run --suite quick --out {quick / 'out'} --docs {quick / 'docs'}"
+        ]
         runs = ladder["seeds"]["0"]
         sizes = len(LADDERS[name].sizes)
         assert len(runs["alone"]) == len(runs["chain"]) == len(runs["search"]) == sizes
@@ -108,11 +111,13 @@ def test_pieces_merge_by_seed_and_part() -> None:
 
     plan = {"budgets": [8, 2], "baselines": [8, 8], "targets": [0.5, 0.6], "search_schedule": "wsd"}
     old = plan | {"seeds": {"0": {"alone": "a0", "chain": "c0"}, "1": {"alone": "a1", "chain": "c1"}}}
-    new = plan | {"seeds": {1: {"alone": "a1", "ablations": "x1"}}}
-    merged = _merge_seeds(old, new)["seeds"]
-    assert merged == {0: {"alone": "a0", "chain": "c0"}, 1: {"alone": "a1", "chain": "c1", "ablations": "x1"}}
-    other = _merge_seeds(old | {"baselines": [8, 16]}, new)["seeds"]  # other budgets: the earlier seeds dropped
-    assert other == {1: {"alone": "a1", "ablations": "x1"}}
+    old |= {"commands": ["run 0", "run 1"]}
+    new = plan | {"seeds": {1: {"alone": "a1", "ablations": "x1"}}, "commands": ["ablate 1"]}
+    merged = _merge_seeds(old, new)
+    assert merged["seeds"] == {0: {"alone": "a0", "chain": "c0"}, 1: {"alone": "a1", "chain": "c1", "ablations": "x1"}}
+    assert merged["commands"] == ["run 0", "run 1", "ablate 1"] == _merge_seeds(merged, new)["commands"]
+    other = _merge_seeds(old | {"baselines": [8, 16]}, new)  # other budgets: the earlier seeds dropped
+    assert other["seeds"] == {1: {"alone": "a1", "ablations": "x1"}} and other["commands"] == ["ablate 1"]
     cosine = old | {"search_schedule": None}  # an earlier search that judged the stage mid-schedule
     assert _merge_seeds(cosine, new)["seeds"] == {1: {"alone": "a1", "ablations": "x1"}}
 
@@ -120,7 +125,7 @@ def test_pieces_merge_by_seed_and_part() -> None:
 def test_pieces_run_in_parallel_folders_merge_into_one_results_file(tmp_path) -> None:
     plan = {"budgets": [8, 2], "baselines": [8, 8], "targets": [0.5, 0.6], "search_schedule": "wsd"}
     for seed in (0, 1):
-        piece = {"command": f"piece {seed}", "settings": {"ladders": ["x"]}, "ladders": {"x": plan | {"seeds": {}}}}
+        piece = {"settings": {"ladders": ["x"]}, "ladders": {"x": plan | {"commands": [f"piece {seed}"]}}}
         piece["ladders"]["x"]["seeds"] = {str(seed): {"chain": f"c{seed}"}}
         (tmp_path / f"s{seed}").mkdir()
         (tmp_path / f"s{seed}" / "results.json").write_text(json.dumps(piece))
@@ -135,7 +140,7 @@ def test_pieces_run_in_parallel_folders_merge_into_one_results_file(tmp_path) ->
     )
     merged = json.loads((tmp_path / "all" / "results.json").read_text())
     assert merged["ladders"]["x"]["seeds"] == {"0": {"chain": "c0"}, "1": {"chain": "c1"}}
-    assert merged["command"].endswith("piece 0; piece 1") and merged["settings"]["ladders"] == ["x"]
+    assert merged["ladders"]["x"]["commands"] == ["piece 0", "piece 1"] and merged["settings"]["ladders"] == ["x"]
 
 
 def test_the_lm_regimes_share_one_held_out_tail_and_the_compute_limited_one_reads_no_window_twice() -> None:
