@@ -5,12 +5,13 @@ stops resumes where it was; the runs alone are the harness's, shared with its kn
 
     .venv/bin/python -m benchmarks.floor --ladder fashion-resnet-3 --steps 312 --seeds 0,1,2
     .venv/bin/python -m benchmarks.floor --ladder fashion-vit-3 --steps 156 --seeds 0,1,2 --variants paper,none
+    .venv/bin/python -m benchmarks.floor --ladder llama-data-limited --steps 1200 --seeds 0,1,2 --variants default,none
 
 Every model of the ladder trains ``--steps`` steps: alone from its seeded init, and in the chain,
 grown from its trained predecessor (the first model is the same run as alone). Each transfer
 variant retrains the grown stages from the same trained first model. The table gives, per model,
 the held-out metric alone and per variant (mean ± std over seeds) and whether the variant's mean is
-at most one seed-std of the baseline's below it (the floor), or above.
+at most one seed-std of the baseline's worse than it (the floor), or better.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle 
 import argparse
 import datetime
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -32,12 +34,13 @@ from typing import Any
 import attrs
 import torch
 
-from benchmarks.run import LADDERS, SUITES, _alone, _loaders, _run, _seeded_model, _std, _summary, machine
+from benchmarks.run import LADDERS, SUITES, _alone, _family, _loaders, _run, _seeded_model, _std, _summary, machine
 from comptlib import FeatureMSE
 from comptlib.io import write_json
 from comptlib.recipes import RECIPES
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("the family's default", {"transferer": "auto"}),
     "paper": ("feature MSE x500, constant (the paper's)", {"transferer": FeatureMSE()}),
     "none": ("no transfer", {"transferer": None}),
     "ki": ("feature MSE to 0 over 40 % (KI)", {"transferer": FeatureMSE(schedule="linear", decay_fraction=0.4)}),
@@ -118,7 +121,7 @@ def table(result: dict[str, Any], higher: bool = True) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ladder", choices=[k for k in LADDERS if k.startswith("fashion")], default="fashion-resnet-3")
+    parser.add_argument("--ladder", choices=[k for k, v in LADDERS.items() if v.knee], default="fashion-resnet-3")
     parser.add_argument("--steps", type=int, default=312, help="every model's steps, alone and grown [312: 4 epochs]")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default="paper,none,ki", help=f"comma-separated of {', '.join(VARIANTS)}")
@@ -139,12 +142,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "ladder": args.ladder,
         "steps": args.steps,
         "seeds": seeds,
-        "command": "python -m benchmarks.floor " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.floor " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
     }
     write_json(args.out / f"floor-{args.ladder}-{args.steps}steps.json", result)
-    print(table(result))
+    print(table(result, higher=_family(LADDERS[args.ladder]).higher_is_better))
     return result
 
 

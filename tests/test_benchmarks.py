@@ -158,3 +158,30 @@ def test_the_lm_regimes_share_one_held_out_tail_and_the_compute_limited_one_read
     longest = unlimited.budgets[0] * 2**unlimited.knee * unlimited.batch_size
     assert len(many.dataset) >= longest  # the largest budget of the knee search is under one pass
     assert longest / len(few.dataset) > 9  # and over nine epochs of the data-limited corpus
+
+
+def test_the_floor_grows_every_variant_from_the_first_model_alone(tmp_path) -> None:
+    from benchmarks.floor import main as floor
+
+    argv = ["--ladder", "llama-data-limited", "--steps", "1", "--seeds", "0", "--variants", "default,none"]
+    result = floor([*argv, "--out", str(tmp_path)])
+    runs = {
+        v: json.loads((tmp_path / "floor" / f"llama-data-limited-1steps-seed0-{v}.json").read_text())
+        for v in result["grown"]
+    }
+    for run in runs.values():  # the chain's first model is the run alone, not a retrained twin
+        assert run["models"][0]["metric"] == result["alone"]["16x2"][0]
+    assert runs["default"]["chain_flops"] > runs["none"]["chain_flops"]  # the LM's default transfer: teacher forwards
+    saved = json.loads((tmp_path / "floor-llama-data-limited-1steps.json").read_text())
+    assert saved["command"] == f"python -m benchmarks.floor {' '.join(argv)} --out {tmp_path}"
+
+
+@pytest.mark.parametrize(
+    ("higher", "grown", "verdict"),
+    [(True, 0.80, "floor met"), (True, 0.70, "**below**"), (False, 0.70, "floor met"), (False, 0.80, "**below**")],
+)
+def test_the_floor_judges_by_the_metric_direction(higher: bool, grown: float, verdict: str) -> None:
+    from benchmarks.floor import table
+
+    result = {"alone": {"a": [0.5], "b": [0.74, 0.76]}, "grown": {"none": {"b": [grown, grown]}}}
+    assert table(result, higher=higher).splitlines()[-1].endswith(f"{verdict}) |")
